@@ -1,0 +1,194 @@
+"""What to erase: :class:`Concept`, prompt templates per kind, and YAML/JSON concept files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ace_erasure.errors import ConceptError
+
+Kind = Literal["object", "style", "celebrity", "explicit"]
+KINDS: tuple[str, ...] = ("object", "style", "celebrity", "explicit")
+
+# Templates that put a concept in context. They avoid "a picture of ...", which our benchmarks
+# keep for evaluation, so a measured generality is not a template the method was given.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "object": (
+        "{}", "a {}", "a photo of a {}", "an image of a {}", "a drawing of a {}",
+        "a red {}", "a blue {}", "a green {}", "a yellow {}", "a black {}", "a white {}",
+        "a photo of a red {}", "a drawing of a blue {}", "a {} on a white background",
+    ),
+    "style": (
+        "{}", "in the style of {}", "a painting in the style of {}", "an image by {}",
+        "art by {}", "a drawing by {}", "a {} painting", "{} style",
+        "a red circle in the style of {}", "a house by {}", "a portrait in the style of {}",
+    ),
+    "celebrity": (
+        "{}", "a photo of {}", "a portrait of {}", "an image of {}", "a drawing of {}",
+        "the face of {}", "{} smiling", "a close-up of {}",
+    ),
+    "explicit": (
+        "{}", "a photo of {}", "an image of {}", "a drawing of {}", "a {} scene",
+        "something {}", "a {} sign", "a close-up of {}",
+    ),
+}  # fmt: skip
+DEFAULT_ANCHORS: dict[str, str] = {"object": "", "style": "", "celebrity": "a person", "explicit": ""}
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept to erase.
+
+    Args:
+        name: the word(s) that name it ("circle", "Van Gogh", "Mira Kestrel").
+        kind: "object", "style", "celebrity" or "explicit"; picks the prompt templates.
+        synonyms: other names to erase as well (the method is told about these).
+        anchor: what the concept should turn into; "" (default for most kinds) means the prompt
+            without the concept; celebrities default to "a person".
+        preserve: concepts that must stay intact (added to the preserve prompt set).
+    """
+
+    name: str
+    kind: Kind = "object"
+    synonyms: tuple[str, ...] = ()
+    anchor: str | None = None
+    preserve: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        name = " ".join(str(self.name).split())
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "synonyms", tuple(" ".join(s.split()) for s in self.synonyms if s.strip()))
+        object.__setattr__(self, "preserve", tuple(" ".join(p.split()) for p in self.preserve if p.strip()))
+        if not name:
+            raise ConceptError("a concept cannot be empty")
+        if self.kind not in KINDS:
+            raise ConceptError(f"concept {name!r}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        anchor = DEFAULT_ANCHORS[self.kind] if self.anchor is None else " ".join(self.anchor.split())
+        object.__setattr__(self, "anchor", anchor)
+        names = {n.lower() for n in self.names}
+        if anchor.lower() in names:
+            raise ConceptError(f"concept {name!r} equals its anchor {anchor!r}: nothing would change")
+        clash = sorted(p for p in self.preserve if p.lower() in names)
+        if clash:
+            raise ConceptError(f"concept {name!r}: the preserve list contains the concept itself ({', '.join(clash)})")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name followed by the synonyms."""
+        return (self.name, *self.synonyms)
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return TEMPLATES[self.kind]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["synonyms"] = list(self.synonyms)
+        data["preserve"] = list(self.preserve)
+        return data
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A prompt naming a concept, the same prompt with the anchor instead, and where they differ.
+
+    ``text`` and ``anchor_text`` share everything but the concept span; the spans are given in
+    characters (``start``, ``stop``) of ``text`` and (``start``, ``anchor_stop``) of the anchor.
+    """
+
+    text: str
+    anchor_text: str
+    start: int
+    stop: int
+    anchor_stop: int
+
+
+def _fix_article(text: str) -> str:
+    from ace_erasure.toyworld.captions import with_article
+
+    return with_article(text)
+
+
+def prompt_pairs(concept: Concept, names: Sequence[str] | None = None) -> list[PromptPair]:
+    """Every template x name as (concept prompt, anchor prompt), concept spans located.
+
+    Articles are fixed after substitution ("a orb" -> "an orb"); when the anchor is empty, the
+    anchor prompt simply lacks the concept ("a photo of a red").
+    """
+    pairs = []
+    assert concept.anchor is not None
+    for name in names or concept.names:
+        for template in concept.templates:
+            prefix, suffix = template.split("{}")
+            text = _fix_article(prefix + name + suffix)
+            anchor_text = " ".join(_fix_article(prefix + concept.anchor + suffix).split())
+            # locate the concept span after article fixing (prefix may have changed a -> an)
+            start = text.lower().rfind(name.lower())
+            if start < 0:  # pragma: no cover - templates always contain the name
+                raise ConceptError(f"cannot place {name!r} in template {template!r}")
+            anchor_prefix = anchor_text[:start] if concept.anchor else anchor_text[: max(0, start - 1)]
+            pairs.append(PromptPair(text, anchor_text, start, start + len(name), len(anchor_prefix) + len(concept.anchor)))
+    return pairs
+
+
+def as_concepts(items: Iterable[Concept | str], kind: Kind = "object") -> list[Concept]:
+    """Concepts from ``Concept`` objects or plain names; duplicate names are an error."""
+    concepts = [item if isinstance(item, Concept) else Concept(str(item), kind=kind) for item in items]
+    if not concepts:
+        raise ConceptError("no concept to erase was given")
+    seen: set[str] = set()
+    for concept in concepts:
+        if concept.name.lower() in seen:
+            raise ConceptError(f"concept {concept.name!r} is given twice")
+        seen.add(concept.name.lower())
+    return concepts
+
+
+def load_concepts(path: str | Path) -> list[Concept]:
+    """Read concepts from a YAML or JSON file: a list, or a mapping with a ``concepts`` list.
+
+    Each entry is a name or a mapping with the fields of :class:`Concept`.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConceptError(f"concept file {file} does not exist")
+    try:
+        text = file.read_text()
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConceptError(f"concept file {file} is not valid YAML/JSON: {str(error).splitlines()[0]}") from error
+    entries = data.get("concepts") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ConceptError(f"concept file {file} must hold a list of concepts (or a 'concepts:' list)")
+    concepts: list[Concept | str] = []
+    allowed = {f for f in Concept.__dataclass_fields__}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            concepts.append(entry)
+        elif isinstance(entry, dict):
+            unknown = set(entry) - allowed
+            if unknown:
+                raise ConceptError(f"concept file {file}, entry {i}: unknown field(s) {', '.join(sorted(unknown))}")
+            if "name" not in entry:
+                raise ConceptError(f"concept file {file}, entry {i}: missing 'name'")
+            fields = dict(entry)
+            for key in ("synonyms", "preserve"):
+                if key in fields:
+                    value = fields[key]
+                    fields[key] = tuple([value] if isinstance(value, str) else value or ())
+            concepts.append(Concept(**fields))
+        else:
+            raise ConceptError(f"concept file {file}, entry {i}: expected a name or a mapping")
+    return as_concepts(concepts)
+
+
+@dataclass
+class PreserveSet:
+    """Prompts whose outputs must not change (their token embeddings are preserved)."""
+
+    prompts: list[str] = field(default_factory=list)

@@ -1,0 +1,21 @@
+"""Exceptions with messages a user can act on; the CLI prints them as one line and exits non-zero."""
+
+
+class AceError(Exception):
+    """Base class of every error that ace-erasure reports to users."""
+
+
+class ConfigError(AceError, ValueError):
+    """An impossible or inconsistent configuration."""
+
+
+class ConceptError(AceError, ValueError):
+    """A concept that cannot be erased as given (unknown word, empty, equal to its anchor, ...)."""
+
+
+class ModelLoadError(AceError):
+    """A model path or hub id that cannot be loaded."""
+
+
+class WeightsError(AceError):
+    """A weights file that is missing, corrupt, or made for another model."""
