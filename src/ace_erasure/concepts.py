@@ -11,6 +11,7 @@ from typing import Literal
 import yaml
 
 from ace_erasure.errors import ConceptError
+from ace_erasure.toyworld.captions import with_article
 
 Kind = Literal["object", "style", "celebrity", "explicit"]
 KINDS: tuple[str, ...] = ("object", "style", "celebrity", "explicit")
@@ -95,44 +96,41 @@ class Concept:
 
 @dataclass(frozen=True)
 class PromptPair:
-    """A prompt naming a concept, the same prompt with the anchor instead, and where they differ.
+    """A prompt naming a concept and the same prompt with the anchor in its place.
 
-    ``text`` and ``anchor_text`` share everything but the concept span; the spans are given in
-    characters (``start``, ``stop``) of ``text`` and (``start``, ``anchor_stop``) of the anchor.
+    ``before`` / ``anchor_before`` are the texts preceding the concept / anchor, and
+    ``through`` / ``anchor_through`` the texts up to and including it, so that counting their
+    tokens locates the spans in each tokenised prompt.
     """
 
     text: str
     anchor_text: str
-    start: int
-    stop: int
-    anchor_stop: int
-
-
-def _fix_article(text: str) -> str:
-    from ace_erasure.toyworld.captions import with_article
-
-    return with_article(text)
+    before: str
+    through: str
+    anchor_before: str
+    anchor_through: str
 
 
 def prompt_pairs(concept: Concept, names: Sequence[str] | None = None) -> list[PromptPair]:
-    """Every template x name as (concept prompt, anchor prompt), concept spans located.
+    """Every template x name as (concept prompt, anchor prompt).
 
-    Articles are fixed after substitution ("a orb" -> "an orb"); when the anchor is empty, the
-    anchor prompt simply lacks the concept ("a photo of a red").
+    Articles are fixed after substitution ("a orb" -> "an orb"); with an empty anchor the
+    anchor prompt simply lacks the concept ("a photo of a red {}" -> "a photo of a red").
     """
-    pairs = []
     assert concept.anchor is not None
+    pairs = []
     for name in names or concept.names:
         for template in concept.templates:
             prefix, suffix = template.split("{}")
-            text = _fix_article(prefix + name + suffix)
-            anchor_text = " ".join(_fix_article(prefix + concept.anchor + suffix).split())
-            # locate the concept span after article fixing (prefix may have changed a -> an)
-            start = text.lower().rfind(name.lower())
-            if start < 0:  # pragma: no cover - templates always contain the name
-                raise ConceptError(f"cannot place {name!r} in template {template!r}")
-            anchor_prefix = anchor_text[:start] if concept.anchor else anchor_text[: max(0, start - 1)]
-            pairs.append(PromptPair(text, anchor_text, start, start + len(name), len(anchor_prefix) + len(concept.anchor)))
+            text = with_article(prefix + name + suffix)
+            anchor_text = " ".join((prefix + concept.anchor + suffix).split())
+            anchor_text = with_article(anchor_text) if concept.anchor else anchor_text
+            words_before = len(prefix.split())
+            before = " ".join(text.split()[:words_before])
+            through = " ".join(text.split()[: words_before + len(name.split())])
+            anchor_before = " ".join(anchor_text.split()[:words_before])
+            anchor_through = " ".join(anchor_text.split()[: words_before + len(concept.anchor.split())])
+            pairs.append(PromptPair(text, anchor_text, before, through, anchor_before, anchor_through))
     return pairs
 
 

@@ -57,9 +57,12 @@ def with_article(phrase: str) -> str:
     """Fix "a" before a vowel ("a orange circle" -> "an orange circle")."""
     words = phrase.split(" ")
     for i in range(len(words) - 1):
-        if words[i] == "a" and words[i + 1][:1].lower() in "aeiou":
+        following = words[i + 1][:1].lower()
+        if not following:
+            continue
+        if words[i] == "a" and following in "aeiou":
             words[i] = "an"
-        elif words[i] == "an" and words[i + 1][:1].lower() not in "aeiou":
+        elif words[i] == "an" and following not in "aeiou":
             words[i] = "a"
     return " ".join(words)
 

@@ -1,0 +1,179 @@
+"""Closed-form solvers shared by the erasure methods (float64, tested on their own).
+
+The cross-attention edit of ACE stage 1 (and UCE / MACE-style edits) solves, for every key or
+value projection ``W`` (out x d), the ridge problem
+
+    min_Δ  Σ_i w_i ‖(W + Δ) t_i − W a_i‖²  +  λ_p Σ_j ‖Δ p_j‖²  +  λ ‖Δ‖²
+
+over target embeddings ``t_i`` (the concept), their anchors ``a_i`` and preserved embeddings
+``p_j``. Setting the gradient to zero gives ``Δ = W · G`` with the d x d matrix
+
+    G = S_at · C⁻¹,   S_at = Σ w_i (a_i − t_i) t_iᵀ,   C = Σ w_i t_i t_iᵀ + λ_p Σ p_j p_jᵀ + λ I,
+
+which is the same for every layer: it is factorised once, and each layer only multiplies by its
+own ``W``. :class:`RidgeEditFitter` accumulates the d x d statistics in float64 (memory does not
+grow with the number of prompts or concepts); :func:`solve_ridge_edit` solves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ace_erasure.errors import ConfigError
+
+
+class RidgeEditFitter:
+    """Running sufficient statistics of the ridge edit, in float64.
+
+    ``update_targets`` adds (target, anchor) pairs, ``update_preserve`` adds preserved vectors.
+    Weighted means, not sums, are kept per group, so hyper-parameters do not depend on how many
+    prompts or tokens were used: each call to :meth:`begin_group` starts a group (e.g. one
+    concept) whose pairs average to weight ``group_weight``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.target_gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.shift_cross = torch.zeros(dim, dim, dtype=torch.float64)
+        self.preserve_gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.n_targets = 0
+        self.n_preserve = 0
+        self._group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._group_weight = 1.0
+        self._preserve_sum_weight = 0.0
+
+    def _check(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{what} must have shape (n, {self.dim}), got {tuple(x.shape)}")
+        return x.detach().to("cpu", torch.float64)
+
+    def begin_group(self, weight: float = 1.0) -> None:
+        """Close the current group of target pairs and start a new one with ``weight``."""
+        self._flush()
+        self._group_weight = weight
+
+    @torch.no_grad()
+    def update_targets(self, targets: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add (n, d) targets and their (n, d) anchors, optionally with per-row weights."""
+        t, a = self._check(targets, "targets"), self._check(anchors, "anchors")
+        if t.shape != a.shape:
+            raise ValueError(f"targets {tuple(t.shape)} and anchors {tuple(a.shape)} differ in shape")
+        w = torch.ones(len(t), dtype=torch.float64) if weights is None else weights.detach().to("cpu", torch.float64)
+        self._group.append((t, a, w))
+        self.n_targets += len(t)
+
+    def _flush(self) -> None:
+        if not self._group:
+            return
+        total = sum(float(w.sum()) for _, _, w in self._group)
+        for t, a, w in self._group:
+            scale = (w * self._group_weight / total).unsqueeze(1)
+            self.target_gram += (t * scale).T @ t
+            self.shift_cross += ((a - t) * scale).T @ t
+        self._group = []
+
+    @torch.no_grad()
+    def update_preserve(self, preserve: torch.Tensor, weight: float = 1.0) -> None:
+        """Add (m, d) vectors whose projections must not change (kept as a weighted mean)."""
+        p = self._check(preserve, "preserve")
+        if len(p) == 0:
+            return
+        # running weighted mean of p pᵀ
+        new_total = self._preserve_sum_weight + weight * len(p)
+        self.preserve_gram *= self._preserve_sum_weight / new_total
+        self.preserve_gram += (p.T @ p) * (weight / new_total)
+        self._preserve_sum_weight = new_total
+        self.n_preserve += len(p)
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target_gram, shift_cross, preserve_gram), each (d, d) float64."""
+        self._flush()
+        return self.target_gram, self.shift_cross, self.preserve_gram
+
+    def solve(self, preserve_weight: float, ridge: float) -> EditSolution:
+        target_gram, shift_cross, preserve_gram = self.statistics()
+        if self.n_targets == 0:
+            raise ConfigError("no target embeddings were collected: nothing to erase")
+        return solve_ridge_edit(target_gram, shift_cross, preserve_gram, preserve_weight, ridge)
+
+
+@dataclass(frozen=True)
+class EditSolution:
+    """``G`` (d x d, float64) with Δ = W G for every projection, and diagnostics of the solve."""
+
+    edit: torch.Tensor
+    condition_number: float
+    ridge_absolute: float
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        """Δ = W G for one projection weight (out, d), in float64."""
+        return weight.detach().to("cpu", torch.float64) @ self.edit
+
+
+def solve_ridge_edit(
+    target_gram: torch.Tensor,
+    shift_cross: torch.Tensor,
+    preserve_gram: torch.Tensor,
+    preserve_weight: float,
+    ridge: float,
+) -> EditSolution:
+    """G = shift_cross · (target_gram + preserve_weight · preserve_gram + λ I)⁻¹.
+
+    ``ridge`` is relative: λ = ridge · tr(target_gram + preserve_weight · preserve_gram) / d, so
+    it means the same on every model whatever the scale of its embeddings. A Cholesky
+    factorisation is used (never an explicit inverse); if the system is numerically singular
+    (ridge 0 and too few vectors), a ConfigError says so instead of returning noise.
+    """
+    if ridge < 0 or preserve_weight < 0:
+        raise ConfigError(f"ridge and preserve_weight must be >= 0, got {ridge} and {preserve_weight}")
+    dim = target_gram.shape[0]
+    gram = target_gram + preserve_weight * preserve_gram
+    scale = float(torch.trace(gram)) / dim
+    if scale <= 0:
+        raise ConfigError("all collected embeddings are zero: cannot build the edit")
+    lam = ridge * scale
+    system = gram + lam * torch.eye(dim, dtype=torch.float64)
+    system = (system + system.T) / 2
+    eigenvalues = torch.linalg.eigvalsh(system)
+    smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
+    condition = largest / smallest if smallest > 0 else float("inf")
+    if smallest <= largest * 1e-13:
+        raise ConfigError(
+            f"the edit's linear system is singular (condition number {condition:.1e}); "
+            "use ridge > 0 or more preserve prompts"
+        )
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:  # pragma: no cover - guarded by the eigenvalue check above
+        raise ConfigError("the edit's linear system is not positive definite; increase ridge")
+    # G C = S  <=>  C Gᵀ = Sᵀ  (C symmetric)
+    edit = torch.cholesky_solve(shift_cross.T.contiguous(), factor).T
+    return EditSolution(edit.contiguous(), condition, lam)
+
+
+def truncate_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors (up (out, r), down (r, in)) of ``delta`` in Frobenius norm.
+
+    Singular values are split evenly between the factors (up = U √S, down = √S Vᵀ) so both
+    have comparable scales in float16/bfloat16 too.
+    """
+    u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+    r = min(rank, len(s))
+    root = s[:r].sqrt()
+    up = u[:, :r] * root
+    down = root.unsqueeze(1) * vh[:r]
+    if r < rank:  # pad so that every layer has the same rank (one LoRA config for all)
+        up = torch.cat([up, up.new_zeros(up.shape[0], rank - r)], 1)
+        down = torch.cat([down, down.new_zeros(rank - r, down.shape[1])], 0)
+    return up, down
+
+
+def rank_for_energy(delta: torch.Tensor, energy: float) -> int:
+    """Smallest rank whose singular values keep ``energy`` of ‖delta‖²_F (at least 1)."""
+    s = torch.linalg.svdvals(delta.to(torch.float64))
+    total = float((s**2).sum())
+    if total == 0:
+        return 1
+    cumulative = torch.cumsum(s**2, 0) / total
+    return int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64)).item()) + 1

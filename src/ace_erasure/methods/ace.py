@@ -1,0 +1,352 @@
+"""ACE — Attentional Concept Erasure, stages 0 and 1 (closed form). DESIGN.md §2.
+
+Stage 0 collects, for every concept, target embeddings ``T`` (the concept's tokens and every
+token after them — EOS and padding carry the concept in CLIP encoders — over templates x names,
+plus *mined neighbours*: the same prompts re-encoded with the concept's input token embeddings
+randomly perturbed) aligned token by token with anchor embeddings ``A`` (the same prompts with
+the anchor instead), and preserve embeddings ``P`` (all tokens of a preserve prompt set).
+
+Stage 1 solves the ridge problem of :mod:`ace_erasure.linalg` once (``Δ_l = W_l G`` for every
+key/value projection), truncates each Δ_l to a low rank, and computes a closed-form gate per
+layer (or per head) from recorded attention queries: the gate ``g`` that best maps the edited
+attention output on concept prompts to the original output on anchor prompts while keeping
+preserve prompts' outputs, linearised (secant) in ``g`` and clipped to [0, 1]. The result is a
+gated low-rank edit ``W_l + g_l B_l A_l`` — a LoRA whose scale is the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ace_erasure.concepts import Concept, prompt_pairs
+from ace_erasure.errors import ConfigError
+from ace_erasure.linalg import RidgeEditFitter, rank_for_energy, truncate_rank
+from ace_erasure.models.plumbing import (
+    aligned_positions,
+    base_linear,
+    cross_attention_layers,
+    encode_prompts,
+    perturbed_token_embeddings,
+    token_span,
+    tokenizers,
+)
+from ace_erasure.prompts import preserve_prompts
+
+logger = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AceConfig:
+    """Hyper-parameters of ACE stages 0–1. Defaults were chosen on ToyWorld by
+    ``benchmarks/erase_toyworld.py --sweep`` (see benchmarks/README.md).
+
+    Args:
+        ridge: relative ridge λ (λ = ridge x mean eigenvalue of the system); larger = smaller,
+            safer edits. Must be > 0 unless the system is well determined.
+        preserve_weight: weight λ_p of the preserve set against the targets.
+        suffix_weight: weight of each token after the concept (words, EOS, padding) relative to
+            a concept token; 0 edits only the concept tokens.
+        neighbours: mined neighbours per concept prompt (stage 0); 0 disables mining.
+        neighbour_radius: norm of the input-embedding perturbation, relative to the token's norm.
+        neighbour_templates: how many of the kind's templates get mined neighbours.
+        rank: LoRA rank; None picks the smallest rank keeping ``rank_energy`` of every layer's
+            edit (capped at ``max_rank``).
+        rank_energy: fraction of ‖Δ‖²_F kept when ``rank`` is None.
+        max_rank: cap on the automatic rank.
+        gate: "layer" (one gate per layer), "head" (one per attention head) or "none" (all 1).
+        gate_steps: denoising steps run on concept prompts to record attention queries.
+        gate_prompts: concept prompts used for the queries (per concept).
+        gate_resolution: image side (pixels) used for the query run; None = the model's default.
+        gate_preserve_weight: weight of the preserve term in the gate objective.
+        gate_queries: query rows kept per layer and prompt (random subsample).
+        preserve_general: number of general captions in the preserve set (ToyWorld: grammar
+            captions; other models: the shipped caption list, all of it).
+    """
+
+    ridge: float = field(default=0.01, metadata={"help": "relative ridge (> 0)"})
+    preserve_weight: float = field(default=1.0, metadata={"help": "weight of preserve embeddings"})
+    suffix_weight: float = field(default=1.0, metadata={"help": "weight of EOS/padding/suffix tokens"})
+    neighbours: int = field(default=4, metadata={"help": "mined neighbours per prompt"})
+    neighbour_radius: float = field(default=0.15, metadata={"help": "relative perturbation norm"})
+    neighbour_templates: int = field(default=6, metadata={"help": "templates that get neighbours"})
+    rank: int | None = field(default=None, metadata={"help": "LoRA rank (None: automatic)"})
+    rank_energy: float = field(default=0.999, metadata={"help": "energy kept by the automatic rank"})
+    max_rank: int = field(default=64, metadata={"help": "cap on the automatic rank"})
+    gate: Literal["layer", "head", "none"] = field(default="layer", metadata={"help": "gate granularity"})
+    gate_steps: int = field(default=3, metadata={"help": "denoising steps for query recording"})
+    gate_prompts: int = field(default=4, metadata={"help": "concept prompts for query recording"})
+    gate_resolution: int | None = field(default=None, metadata={"help": "image side for the query run"})
+    gate_preserve_weight: float = field(default=1.0, metadata={"help": "preserve weight in the gate"})
+    gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
+    preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
+
+    def validate(self) -> None:
+        checks = [
+            (self.ridge >= 0, "ridge must be >= 0"),
+            (self.preserve_weight >= 0, "preserve_weight must be >= 0"),
+            (self.suffix_weight >= 0, "suffix_weight must be >= 0"),
+            (self.neighbours >= 0, "neighbours must be >= 0"),
+            (self.neighbour_radius >= 0, "neighbour_radius must be >= 0"),
+            (self.rank is None or self.rank >= 1, "rank must be >= 1"),
+            (0 < self.rank_energy <= 1, "rank_energy must be in (0, 1]"),
+            (self.max_rank >= 1, "max_rank must be >= 1"),
+            (self.gate in ("layer", "head", "none"), "gate must be 'layer', 'head' or 'none'"),
+            (self.gate_steps >= 1 and self.gate_prompts >= 1, "gate_steps and gate_prompts must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"AceConfig: {message}")
+
+
+@dataclass
+class ProjectionEdit:
+    """The gated low-rank edit of one projection: W' = W + up @ down (gate folded into up)."""
+
+    up: torch.Tensor  # (out, rank)
+    down: torch.Tensor  # (rank, in)
+    gate: torch.Tensor  # (heads,) or (1,)
+
+
+def _collect_targets(
+    pipe, concept: Concept, config: AceConfig, fitter: RidgeEditFitter, generator: torch.Generator
+) -> int:
+    """Stage 0 for one concept: add its (target, anchor) token pairs to the fitter."""
+    tokenizer = tokenizers(pipe)[0]
+    pairs = prompt_pairs(concept)
+    texts = [p.text for p in pairs]
+    anchor_texts = list(dict.fromkeys(p.anchor_text for p in pairs))
+    embeds = encode_prompts(pipe, texts)
+    anchor_embeds = dict(zip(anchor_texts, encode_prompts(pipe, anchor_texts)))
+    fitter.begin_group(1.0)
+    rows_t, rows_a, weights, concept_positions = [], [], [], []
+    for i, pair in enumerate(pairs):
+        span = token_span(tokenizer, pair.before, pair.through)
+        anchor_span = token_span(tokenizer, pair.anchor_before, pair.anchor_through)
+        positions = aligned_positions(span, anchor_span)
+        concept_positions.append(list(range(span.start, span.stop)))
+        if config.suffix_weight == 0:
+            positions = positions[: span.stop - span.start]
+        source = torch.tensor([p for p, _ in positions])
+        target = torch.tensor([q for _, q in positions])
+        rows_t.append(embeds[i, source])
+        rows_a.append(anchor_embeds[pair.anchor_text][target])
+        w = torch.full((len(positions),), config.suffix_weight)
+        w[: span.stop - span.start] = 1.0
+        weights.append(w)
+    fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
+    count = sum(len(r) for r in rows_t)
+
+    # mined neighbours: perturb the concept's input token embeddings, keep the same anchors
+    n_templates = len(concept.templates)
+    mined = [i for i in range(len(pairs)) if i % n_templates < config.neighbour_templates]
+    for _ in range(config.neighbours if mined else 0):
+        subset = [texts[i] for i in mined]
+        with perturbed_token_embeddings(pipe, [concept_positions[i] for i in mined], config.neighbour_radius, generator):
+            noisy = encode_prompts(pipe, subset, batch_size=len(subset))
+        rows_t, rows_a, weights = [], [], []
+        for k, i in enumerate(mined):
+            pair = pairs[i]
+            span = token_span(tokenizer, pair.before, pair.through)
+            positions = aligned_positions(span, token_span(tokenizer, pair.anchor_before, pair.anchor_through))
+            if config.suffix_weight == 0:
+                positions = positions[: span.stop - span.start]
+            rows_t.append(noisy[k, torch.tensor([p for p, _ in positions])])
+            rows_a.append(anchor_embeds[pair.anchor_text][torch.tensor([q for _, q in positions])])
+            w = torch.full((len(positions),), config.suffix_weight)
+            w[: span.stop - span.start] = 1.0
+            weights.append(w)
+        fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
+        count += sum(len(r) for r in rows_t)
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Gates
+
+
+@torch.no_grad()
+def _record_queries(pipe, prompts: Sequence[str], config: AceConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Attention queries of every cross-attention layer on a short denoising run.
+
+    Returns layer name -> (n_prompts, n_rows, inner_dim), rows subsampled per prompt.
+    """
+    layers = cross_attention_layers(pipe.unet)
+    records: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
+    generator = torch.Generator().manual_seed(seed)
+    handles = []
+    for name, module in layers:
+        def hook(_m, _inputs, output, name=name) -> None:
+            rows = output.shape[1]
+            keep = torch.randperm(rows, generator=generator)[: config.gate_queries]
+            records[name].append(output[:, keep].detach().float().cpu())
+
+        handles.append(module.to_q.register_forward_hook(hook))
+    side = config.gate_resolution or (pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    try:
+        pipe(
+            list(prompts), num_inference_steps=config.gate_steps, guidance_scale=1.0,
+            height=side, width=side, output_type="latent",
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+        )  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(chunks, dim=1) for name, chunks in records.items()}
+
+
+def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention outputs (batch, rows, heads, head_dim) before the output projection."""
+    b, n, inner = query.shape
+    dh = inner // heads
+    q = query.view(b, n, heads, dh).transpose(1, 2)
+    k = key.view(b, key.shape[1], heads, dh).transpose(1, 2)
+    v = value.view(b, value.shape[1], heads, dh).transpose(1, 2)
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(dh)).softmax(-1)
+    return (weights @ v).transpose(1, 2)
+
+
+def _gates(
+    module,
+    queries: torch.Tensor,
+    concept_embeds: torch.Tensor,
+    anchor_embeds: torch.Tensor,
+    preserve_embeds: torch.Tensor,
+    delta_k: torch.Tensor,
+    delta_v: torch.Tensor,
+    config: AceConfig,
+) -> torch.Tensor:
+    """Closed-form gate(s) for one layer: argmin_g ‖Attn_g(concept) − Attn_0(anchor)‖² +
+    μ ‖Attn_g(preserve) − Attn_0(preserve)‖², linearised by the secant between g = 0 and 1."""
+    heads = module.heads
+    w_k, w_v = base_linear(module.to_k).weight.float(), base_linear(module.to_v).weight.float()
+    dk, dv = delta_k.float(), delta_v.float()
+
+    def attend(embeds: torch.Tensor, gate: float) -> torch.Tensor:
+        key = embeds @ (w_k + gate * dk).T
+        value = embeds @ (w_v + gate * dv).T
+        q = queries[: len(embeds)] if len(queries) >= len(embeds) else queries.repeat(
+            math.ceil(len(embeds) / len(queries)), 1, 1)[: len(embeds)]  # fmt: skip
+        return _attention(q, key, value, heads)
+
+    base = attend(concept_embeds, 0.0)
+    residual = attend(anchor_embeds, 0.0) - base
+    direction = attend(concept_embeds, 1.0) - base
+    keep = attend(preserve_embeds, 1.0) - attend(preserve_embeds, 0.0)
+    sum_dims = (0, 1, 3)
+    numerator = (residual * direction).sum(sum_dims)
+    denominator = direction.square().sum(sum_dims) + config.gate_preserve_weight * keep.square().sum(sum_dims) * (
+        len(concept_embeds) / max(1, len(preserve_embeds))
+    )
+    if config.gate == "layer":
+        numerator, denominator = numerator.sum(0, keepdim=True), denominator.sum(0, keepdim=True)
+    return (numerator / denominator.clamp(min=1e-12)).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Fit
+
+
+@dataclass
+class AceResult:
+    """What :func:`fit` returns: per-projection edits, and what was measured on the way."""
+
+    edits: dict[str, ProjectionEdit]
+    rank: int
+    stats: dict
+
+
+@torch.no_grad()
+def fit(
+    pipe,
+    concepts: Sequence[Concept],
+    config: AceConfig,
+    seed: int = 0,
+    *,
+    toyworld: bool = False,
+    progress: Progress | None = None,
+) -> AceResult:
+    """ACE stages 0–1 on ``pipe`` for ``concepts``; returns the gated low-rank edits."""
+    config.validate()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    layers = cross_attention_layers(pipe.unet)
+    dim = base_linear(layers[0][1].to_k).in_features
+    fitter = RidgeEditFitter(dim)
+
+    n_targets = 0
+    for i, concept in enumerate(concepts):
+        n_targets += _collect_targets(pipe, concept, config, fitter, generator)
+        if progress:
+            progress("targets", i + 1, len(concepts))
+    timings["targets"] = time.perf_counter() - start
+
+    mark = time.perf_counter()
+    preserve = preserve_prompts(concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed)
+    preserve_embeds = encode_prompts(pipe, preserve) if preserve else torch.empty(0, 1, dim)
+    if len(preserve_embeds):
+        fitter.update_preserve(preserve_embeds.reshape(-1, dim))
+    timings["preserve"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    solution = fitter.solve(config.preserve_weight, config.ridge)
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in layers:
+        for proj in ("to_k", "to_v"):
+            deltas[f"{name}.{proj}"] = solution.delta(base_linear(getattr(module, proj)).weight)
+    rank = config.rank or min(config.max_rank, max(rank_for_energy(d, config.rank_energy) for d in deltas.values()))
+    timings["solve"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    gates: dict[str, torch.Tensor] = {}
+    if config.gate == "none":
+        gates = {name: torch.ones(1) for name, _ in layers}
+    else:
+        gate_prompts, anchor_prompts = [], []
+        for concept in concepts:
+            pairs = prompt_pairs(concept, names=[concept.name])[: config.gate_prompts]
+            gate_prompts += [p.text for p in pairs]
+            anchor_prompts += [p.anchor_text for p in pairs]
+        queries = _record_queries(pipe, gate_prompts, config, seed)
+        concept_embeds = encode_prompts(pipe, gate_prompts)
+        anchor_embeds = encode_prompts(pipe, anchor_prompts)
+        sample = torch.randperm(len(preserve_embeds), generator=generator)[: len(gate_prompts)]
+        preserve_sample = preserve_embeds[sample] if len(preserve_embeds) else concept_embeds[:0]
+        for name, module in layers:
+            gates[name] = _gates(
+                module, queries[name], concept_embeds, anchor_embeds, preserve_sample,
+                deltas[f"{name}.to_k"], deltas[f"{name}.to_v"], config,
+            )  # fmt: skip
+            if progress:
+                progress("gates", len(gates), len(layers))
+    timings["gates"] = time.perf_counter() - mark
+
+    edits = {}
+    for name, module in layers:
+        for proj in ("to_k", "to_v"):
+            up, down = truncate_rank(deltas[f"{name}.{proj}"], rank)
+            gate = gates[name]
+            rows_per_head = up.shape[0] // len(gate)
+            up = up * gate.double().repeat_interleave(rows_per_head).unsqueeze(1)
+            edits[f"{name}.{proj}"] = ProjectionEdit(up.float(), down.float(), gate.float())
+    timings["total"] = time.perf_counter() - start
+    stats = {
+        "target_vectors": n_targets,
+        "preserve_prompts": len(preserve),
+        "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1]) if len(preserve_embeds) else 0,
+        "condition_number": solution.condition_number,
+        "ridge_absolute": solution.ridge_absolute,
+        "rank": rank,
+        "mean_gate": float(torch.cat([g for g in gates.values()]).mean()),
+        "seconds": {k: round(v, 4) for k, v in timings.items()},
+    }
+    logger.info("ACE fit: %s", stats)
+    return AceResult(edits, rank, stats)
