@@ -95,6 +95,102 @@ def generate(
     console.print(f"wrote {out} ({len(images)} image(s) in {seconds:.2f} s)")
 
 
+@app.command()
+def erase(
+    out: Annotated[Path, typer.Option(help="Output erasure folder (LoRA + erasure.json + model card).")],
+    concept: Annotated[list[str] | None, typer.Option(help="Concept to erase (repeatable).")] = None,
+    synonym: Annotated[list[str] | None, typer.Option(help="Synonym to erase too (repeatable; one --concept only).")] = None,
+    kind: Annotated[str | None, typer.Option(help="object | style | celebrity | explicit (ToyWorld: inferred).")] = None,
+    anchor: Annotated[str | None, typer.Option(help="What the concept becomes (default: '' or 'a person' for celebrities).")] = None,
+    preserve: Annotated[list[str] | None, typer.Option(help="Concept to keep intact (repeatable).")] = None,
+    concepts: Annotated[Path | None, typer.Option(help="YAML/JSON file with many concepts.")] = None,
+    model: Annotated[str | None, typer.Option(help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld).")] = None,
+    method: Annotated[str, typer.Option(help="Erasure method.")] = "ace",
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON file with method options (AceConfig fields).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (default: automatic).")] = None,
+    gate: Annotated[str | None, typer.Option(help="Gate granularity: layer | head | none.")] = None,
+    grid: Annotated[bool, typer.Option(help="Put a before/after grid in the model card.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Erase concepts from a model; writes a diffusers LoRA that `load_lora_weights` loads."""
+    import yaml
+
+    from ace_erasure.api import erase as run_erase
+    from ace_erasure.api import is_toyworld
+    from ace_erasure.concepts import Concept, load_concepts
+    from ace_erasure.errors import ConfigError
+    from ace_erasure.models.loading import load_pipeline
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise AceError(f"{out} already exists and is not empty (use --overwrite to replace it)")
+    if not concept and concepts is None:
+        raise AceError("give --concept NAME or --concepts FILE")
+    if synonym and (not concept or len(concept) != 1):
+        raise AceError("--synonym needs exactly one --concept")
+    options: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist")
+        loaded = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config} must hold a mapping of option: value")
+        options.update(loaded)
+    options.update({k: v for k, v in {"rank": rank, "gate": gate}.items() if v is not None})
+    pipe = load_pipeline(model)
+    toyworld = is_toyworld(pipe)
+    items: list = list(load_concepts(concepts)) if concepts is not None else []
+    for name in concept or []:
+        explicit = kind is not None or anchor is not None or synonym or preserve
+        if toyworld and not explicit:
+            items.append(name)  # kind and canonical name come from ToyWorld's vocabulary
+            continue
+        if kind is None and toyworld:
+            from ace_erasure.api import TOYWORLD_KINDS
+            from ace_erasure.toyworld.vocab import vocabulary
+
+            inferred = TOYWORLD_KINDS.get(vocabulary().family_of(name) or "", "object")
+        else:
+            inferred = kind or "object"
+        items.append(Concept(name, kind=inferred, synonyms=tuple(synonym or ()), anchor=anchor,
+                             preserve=tuple(preserve or ())))  # fmt: skip
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, step: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, info="")
+            bar.update(tasks[stage], completed=step)
+
+        start = time.perf_counter()
+        result = run_erase(pipe, items, method=method, config=options or None, seed=seed, progress=report)
+        seconds = time.perf_counter() - start
+    image_grid = _before_after_grid(pipe, result, seed) if grid else None
+    result.save(out, grid=image_grid, overwrite=overwrite)
+    names = ", ".join(c.name for c in result.concepts)
+    console.print(f"erased {names} in {seconds:.2f} s (rank {result.rank}); wrote {out}")
+
+
+def _before_after_grid(pipe, result, seed: int):
+    """Top row: base model; bottom row: with the erasure (same seeds), 4 prompts."""
+    from diffusers.utils import make_image_grid
+
+    from ace_erasure.concepts import prompt_pairs
+    from ace_erasure.models.loading import generate as sample
+
+    prompts = []
+    for concept in result.concepts:
+        prompts += [p.text for p in prompt_pairs(concept, names=[concept.name])][1:]
+    prompts = prompts[:4]
+    before = sample(pipe, prompts, seed=seed)
+    result.fuse(pipe)
+    try:
+        after = sample(pipe, prompts, seed=seed)
+    finally:
+        result.remove(pipe)
+    return make_image_grid(before + after, rows=2, cols=len(prompts))
+
+
 @toyworld_app.command("train")
 def toyworld_train(
     out: Annotated[Path, typer.Option(help="Output ToyWorld folder (resumes if it holds a run).")],

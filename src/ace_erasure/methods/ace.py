@@ -52,8 +52,9 @@ class AceConfig:
         ridge: relative ridge λ (λ = ridge x mean eigenvalue of the system); larger = smaller,
             safer edits. Must be > 0 unless the system is well determined.
         preserve_weight: weight λ_p of the preserve set against the targets.
-        suffix_weight: weight of each token after the concept (words, EOS, padding) relative to
-            a concept token; 0 edits only the concept tokens.
+        suffix_weight: total weight of the tokens after the concept in a prompt (words, EOS,
+            padding: ~70 tokens) relative to the concept's own tokens; spread evenly over them so
+            that the padding does not outnumber the concept. 0 edits only the concept tokens.
         neighbours: mined neighbours per concept prompt (stage 0); 0 disables mining.
         neighbour_radius: norm of the input-embedding perturbation, relative to the token's norm.
         neighbour_templates: how many of the kind's templates get mined neighbours.
@@ -115,6 +116,15 @@ class ProjectionEdit:
     gate: torch.Tensor  # (heads,) or (1,)
 
 
+def _token_weights(n_positions: int, n_concept: int, suffix_weight: float) -> torch.Tensor:
+    """Weight 1 per concept token; the suffix tokens share ``suffix_weight * n_concept``."""
+    weights = torch.ones(n_positions)
+    n_suffix = n_positions - n_concept
+    if n_suffix > 0:
+        weights[n_concept:] = suffix_weight * n_concept / n_suffix
+    return weights
+
+
 def _collect_targets(
     pipe, concept: Concept, config: AceConfig, fitter: RidgeEditFitter, generator: torch.Generator
 ) -> int:
@@ -138,9 +148,7 @@ def _collect_targets(
         target = torch.tensor([q for _, q in positions])
         rows_t.append(embeds[i, source])
         rows_a.append(anchor_embeds[pair.anchor_text][target])
-        w = torch.full((len(positions),), config.suffix_weight)
-        w[: span.stop - span.start] = 1.0
-        weights.append(w)
+        weights.append(_token_weights(len(positions), span.stop - span.start, config.suffix_weight))
     fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
     count = sum(len(r) for r in rows_t)
 
@@ -160,9 +168,7 @@ def _collect_targets(
                 positions = positions[: span.stop - span.start]
             rows_t.append(noisy[k, torch.tensor([p for p, _ in positions])])
             rows_a.append(anchor_embeds[pair.anchor_text][torch.tensor([q for _, q in positions])])
-            w = torch.full((len(positions),), config.suffix_weight)
-            w[: span.stop - span.start] = 1.0
-            weights.append(w)
+            weights.append(_token_weights(len(positions), span.stop - span.start, config.suffix_weight))
         fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
         count += sum(len(r) for r in rows_t)
     return count

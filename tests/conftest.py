@@ -1,0 +1,43 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipes():
+    """Tiny random pipelines per family, built once (tests that modify them must undo it)."""
+    from ace_erasure.testing import tiny_pipeline
+
+    cache: dict = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = tiny_pipeline(family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def toyworld_pipe():
+    from ace_erasure.toyworld.assets import load_pipeline
+
+    return load_pipeline()
+
+
+@pytest.fixture(scope="session")
+def toyworld_judge():
+    from ace_erasure.toyworld.assets import load_judge
+
+    return load_judge()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from ace_erasure.errors import ConfigError
+from ace_erasure.linalg import RidgeEditFitter, rank_for_energy, solve_ridge_edit, truncate_rank
+
+
+def _oracle_delta(weight, targets, anchors, preserve, w_target, lam_p, lam):
+    """Δ minimising Σ w‖(W+Δ)t − W a‖² + λ_p Σ‖Δp‖² + λ‖Δ‖², by stacked least squares."""
+    d = weight.shape[1]
+    rows = [(targets * w_target.sqrt().unsqueeze(1)), preserve * lam_p**0.5, torch.eye(d, dtype=torch.float64) * lam**0.5]
+    design = torch.cat(rows)  # (N, d): Δ design = stacked inputs
+    residual_targets = ((anchors - targets) @ weight.T) * w_target.sqrt().unsqueeze(1)
+    rhs = torch.cat([residual_targets, torch.zeros(len(preserve) + d, weight.shape[0], dtype=torch.float64)])
+    return torch.linalg.lstsq(design, rhs).solution.T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dim,n,m", [(8, 3, 20), (16, 40, 5), (32, 10, 100)])
+def test_solver_matches_least_squares_oracle(dtype, dim, n, m):
+    g = torch.Generator().manual_seed(dim + n)
+    weight = torch.randn(12, dim, generator=g, dtype=torch.float64)
+    targets = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    anchors = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    preserve = torch.randn(m, dim, generator=g, dtype=torch.float64)
+    fitter = RidgeEditFitter(dim)
+    fitter.update_targets(targets.to(dtype), anchors.to(dtype))
+    fitter.update_preserve(preserve.to(dtype))
+    solution = fitter.solve(preserve_weight=0.7, ridge=0.05)
+    # the fitter averages: target weight 1/n each, preserve 1/m each; λ is relative to the trace
+    t, a, p = (x.to(dtype).double() for x in (targets, anchors, preserve))
+    lam = solution.ridge_absolute
+    expected = _oracle_delta(weight, t, a, p * (1 / m) ** 0.5, torch.full((n,), 1 / n, dtype=torch.float64), 0.7, lam)
+    assert torch.allclose(solution.delta(weight), expected, atol=1e-8, rtol=1e-6)
+
+
+def test_incremental_statistics_equal_batch():
+    g = torch.Generator().manual_seed(1)
+    t, a, p = (torch.randn(30, 6, generator=g) for _ in range(3))
+    batch = RidgeEditFitter(6)
+    batch.update_targets(t, a)
+    batch.update_preserve(p)
+    incremental = RidgeEditFitter(6)
+    for i in range(0, 30, 7):
+        incremental.update_targets(t[i : i + 7], a[i : i + 7])
+        incremental.update_preserve(p[i : i + 7])
+    for x, y in zip(batch.statistics(), incremental.statistics()):
+        assert torch.allclose(x, y, atol=1e-12)
+
+
+def test_groups_are_weighted_equally_whatever_their_size():
+    g = torch.Generator().manual_seed(2)
+    fitter = RidgeEditFitter(4)
+    small = torch.randn(2, 4, generator=g)
+    big = torch.randn(50, 4, generator=g)
+    fitter.begin_group()
+    fitter.update_targets(small, torch.zeros_like(small))
+    fitter.begin_group()
+    fitter.update_targets(big, torch.zeros_like(big))
+    gram, _, _ = fitter.statistics()
+    expected = small.double().T @ small.double() / 2 + big.double().T @ big.double() / 50
+    assert torch.allclose(gram, expected)
+
+
+def test_edit_maps_targets_to_anchors_when_unconstrained():
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    targets, anchors = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    fitter = RidgeEditFitter(8)
+    fitter.update_targets(targets, anchors)
+    solution = fitter.solve(preserve_weight=0.0, ridge=1e-9)
+    edited = weight + solution.delta(weight)
+    assert torch.allclose(targets.double() @ edited.T, anchors.double() @ weight.T, atol=1e-5)
+
+
+def test_singular_system_is_a_clear_error():
+    fitter = RidgeEditFitter(8)
+    fitter.update_targets(torch.randn(2, 8), torch.randn(2, 8))
+    with pytest.raises(ConfigError, match="singular"):
+        fitter.solve(preserve_weight=0.0, ridge=0.0)
+
+
+def test_no_targets_and_negative_parameters_are_errors():
+    with pytest.raises(ConfigError, match="nothing to erase"):
+        RidgeEditFitter(4).solve(1.0, 0.1)
+    with pytest.raises(ConfigError):
+        solve_ridge_edit(torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64),
+                         torch.eye(3, dtype=torch.float64), 1.0, -1.0)  # fmt: skip
+
+
+def test_shape_mismatch_is_rejected():
+    with pytest.raises(ValueError, match="shape"):
+        RidgeEditFitter(4).update_targets(torch.randn(3, 5), torch.randn(3, 5))
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6, 9])
+def test_truncate_rank_is_the_best_low_rank_approximation(rank):
+    g = torch.Generator().manual_seed(rank)
+    delta = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    up, down = truncate_rank(delta, rank)
+    assert up.shape == (7, rank) and down.shape == (rank, 6)
+    s = torch.linalg.svdvals(delta)
+    error = torch.linalg.matrix_norm(delta - up @ down) ** 2
+    assert torch.isclose(error, (s[rank:] ** 2).sum(), atol=1e-9)
+
+
+def test_rank_for_energy():
+    delta = torch.diag(torch.tensor([10.0, 1.0, 0.01], dtype=torch.float64))
+    assert rank_for_energy(delta, 0.9) == 1
+    assert rank_for_energy(delta, 0.99999) == 2
+    assert rank_for_energy(delta, 0.9999999) == 3
+    assert rank_for_energy(torch.zeros(3, 3), 0.99) == 1
