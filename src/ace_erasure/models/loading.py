@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -57,7 +58,8 @@ def load_pipeline(
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+        with quiet_loading():
+            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
         if local and any(w in text.lower() for w in ("safetensors", "header", "deserializ", "size mismatch", "corrupt", "incomplete")):
@@ -70,6 +72,27 @@ def load_pipeline(
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars or info chatter from diffusers/transformers while loading (the library
+    does not print; the CLI owns the terminal)."""
+    import transformers
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    levels = diffusers_logging.get_verbosity(), transformers.utils.logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers.utils.logging.enable_progress_bar()
+        diffusers_logging.set_verbosity(levels[0])
+        transformers.utils.logging.set_verbosity(levels[1])
 
 
 def default_sampling(pipe) -> tuple[int, float]:
@@ -92,23 +115,26 @@ def generate(
     guidance: float | None = None,
     batch_size: int = 16,
     negative_prompt: str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Image.Image]:
-    """One image per prompt; image ``i`` uses a generator seeded with ``seed + i``.
+    """One image per prompt; image ``i`` uses a generator seeded with ``seed + i`` (or
+    ``seeds[i]`` when given, e.g. to give a prompt the same seed in different runs).
 
-    The same (model, prompts, seed, steps, guidance) gives the same pixels on the same machine.
+    The same (model, prompts, seeds, steps, guidance) gives the same pixels on the same machine.
     """
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
     default_steps, default_guidance = default_sampling(pipe)
     steps = steps or default_steps
     guidance = default_guidance if guidance is None else guidance
-    device = getattr(pipe, "device", torch.device("cpu"))
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        generators = [torch.Generator(device="cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + len(chunk)]]
         out = pipe(
             chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
             negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
         )  # fmt: skip
         images.extend(out.images)
-    del device
     return images

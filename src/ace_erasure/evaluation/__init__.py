@@ -1,0 +1,1 @@
+"""Evaluation: judges, prompt suites and metrics."""
