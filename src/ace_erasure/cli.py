@@ -25,7 +25,7 @@ app = typer.Typer(
 )  # fmt: skip
 toyworld_app = typer.Typer(no_args_is_help=True, help="The bundled ToyWorld model: train, inspect.")
 app.add_typer(toyworld_app, name="toyworld")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _quiet_libraries() -> None:
@@ -255,7 +255,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except AceError as error:
-        console.print(f"error: {error}", markup=False, highlight=False)
+        # plain text, never wrapped: one line a user (or a script) can read
+        sys.stderr.write(f"error: {' '.join(str(error).split())}\n")
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         console.print("aborted", markup=False)

@@ -236,9 +236,8 @@ def _stage_judge(config: ToyWorldTrainConfig, out: Path, progress: Progress | No
     judge = train_judge(
         config.judge, config.seed, progress=(lambda s, n, i: progress("judge", s, n, i)) if progress else None
     )
-    judge.metadata["wall_seconds"] = round(time.time() - start, 1)
-    judge.save(judge_dir)
-    return {"wall_seconds": judge.metadata["wall_seconds"]}
+    judge.save(judge_dir)  # wall time goes to the manifest only: the saved files depend on the seed alone
+    return {"wall_seconds": round(time.time() - start, 1)}
 
 
 def _diffusion_scenes(config: ToyWorldTrainConfig, n: int, rng: np.random.Generator, vocab: Vocabulary):
@@ -460,8 +459,10 @@ def _stage_export(config: ToyWorldTrainConfig, out: Path) -> None:
     unet.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("unet.")})
     text_encoder.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("text.")})
     scheduler = DPMSolverMultistepScheduler(**noise_schedule_kwargs(), steps_offset=1)
+    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae.register_to_config(_name_or_path="")  # no machine-specific path in the shipped config
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(work / "vae"), text_encoder=text_encoder.eval(),
+        vae=vae, text_encoder=text_encoder.eval(),
         tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
