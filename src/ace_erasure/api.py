@@ -93,4 +93,5 @@ def erase(
         gates={k.rsplit(".", 1)[0]: e.gate.tolist() for k, e in result.edits.items() if k.endswith("to_k")},
         concepts=resolved, method=method, config=dataclasses.asdict(config), seed=seed,
         base_fingerprint=fingerprint(pipe), family=family, rank=result.rank, stats=result.stats,
+        token_gate=result.token_gate,
     )  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import ace_erasure
 from ace_erasure.concepts import Concept
@@ -33,6 +34,7 @@ from ace_erasure.errors import AceError, WeightsError
 from ace_erasure.models.plumbing import base_linear, cross_attention_layers, fingerprint, model_family
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+TOKEN_GATE_FILE = "ace_token_gate.safetensors"
 RECORD_FILE = "erasure.json"
 FORMAT_VERSION = 1
 _KEY = re.compile(r"^unet\.(?P<module>.+\.to_[kv])\.lora_(?P<part>[AB])\.weight$")
@@ -58,7 +60,9 @@ class Erasure:
     rank: int
     stats: dict = field(default_factory=dict)
     library_version: str = ace_erasure.__version__
+    token_gate: dict | None = None  # {"basis": (d, k), "threshold": τ, "sharpness": κ} in token-gate mode
     _backups: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _processors: dict[int, dict] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- applying
     @property
@@ -102,13 +106,21 @@ class Erasure:
             state[f"unet.{name}.lora_B.weight"] = self.up[name].contiguous()
         return state
 
-    def apply(self, pipe, scale: float = 1.0, adapter_name: str | None = None) -> str:
+    @property
+    def mode(self) -> str:
+        return "token_gate" if self.token_gate is not None else "lora"
+
+    def apply(self, pipe, scale: float = 1.0, adapter_name: str | None = None, token_gate: bool = True) -> str:
         """Load as a LoRA adapter (diffusers' ``load_lora_weights``); returns the adapter name.
 
         Adapters already loaded stay active, so several erasures compose; ``scale`` is the
-        erasure strength (``pipe.set_adapters`` changes it later).
+        erasure strength (``pipe.set_adapters`` changes it later). A token-gate erasure installs
+        its attention processors instead (``token_gate=False`` loads its LoRA linearisation).
         """
         self.check_compatible(pipe)
+        if self.token_gate is not None and token_gate:
+            self._install_token_gate(pipe, scale)
+            return "token_gate"
         name = adapter_name or self.adapter_name
         active = list(pipe.get_active_adapters()) if hasattr(pipe, "get_active_adapters") else []
         if name in active or name in _all_adapters(pipe):
@@ -119,6 +131,23 @@ class Erasure:
             pipe.load_lora_weights(state, adapter_name=name)
         pipe.set_adapters([*active, name], adapter_weights=[*weights, scale])
         return name
+
+    def _install_token_gate(self, pipe, scale: float) -> None:
+        from ace_erasure.processors import TokenGateProcessor
+
+        if id(pipe) in self._processors:
+            raise AceError("this token-gate erasure is already applied to this pipeline")
+        assert self.token_gate is not None
+        previous = dict(pipe.unet.attn_processors)
+        processors = dict(previous)
+        for layer, _ in cross_attention_layers(pipe.unet):
+            k, v = f"{layer}.to_k", f"{layer}.to_v"
+            processors[f"{layer}.processor"] = TokenGateProcessor(
+                self.up[k] * scale, self.down[k], self.up[v] * scale, self.down[v],
+                self.token_gate["basis"], self.token_gate["threshold"], self.token_gate["sharpness"],
+            ).to(pipe.unet.device)  # fmt: skip
+        pipe.unet.set_attn_processor(processors)
+        self._processors[id(pipe)] = previous
 
     def fuse(self, pipe, scale: float = 1.0) -> None:
         """Merge the edit into the base weights (no adapter at inference); ``remove`` undoes it."""
@@ -138,6 +167,10 @@ class Erasure:
 
     def remove(self, pipe, adapter_name: str | None = None) -> None:
         """Undo :meth:`apply` or :meth:`fuse`; the original weights come back bit for bit."""
+        previous = self._processors.pop(id(pipe), None)
+        if previous is not None:
+            pipe.unet.set_attn_processor(previous)
+            return
         backups = self._backups.pop(id(pipe), None)
         if backups is not None:
             with torch.no_grad():
@@ -169,6 +202,11 @@ class Erasure:
             "base_fingerprint": self.base_fingerprint,
             "family": self.family,
             "rank": self.rank,
+            "mode": self.mode,
+            "token_gate": None if self.token_gate is None else {
+                "file": TOKEN_GATE_FILE, "threshold": self.token_gate["threshold"],
+                "sharpness": self.token_gate["sharpness"],
+            },
             "gates": self.gates,
             "stats": self.stats,
             "versions": _versions(),
@@ -189,6 +227,8 @@ class Erasure:
             saver = StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
             saver.save_lora_weights(tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
             (tmp / RECORD_FILE).write_text(json.dumps(self.record(), indent=2) + "\n")
+            if self.token_gate is not None:
+                save_file({"basis": self.token_gate["basis"].contiguous()}, str(tmp / TOKEN_GATE_FILE))
             if grid is not None:
                 grid.save(tmp / "grid.png")
             (tmp / "README.md").write_text(card or model_card(self, has_grid=grid is not None))
@@ -237,12 +277,22 @@ class Erasure:
                 raise WeightsError(f"{lora}: rank mismatch in {name}")
         concepts = [Concept(**{**c, "synonyms": tuple(c["synonyms"]), "preserve": tuple(c["preserve"])})
                     for c in record["concepts"]]  # fmt: skip
+        token_gate = None
+        if record.get("token_gate"):
+            gate_file = folder / TOKEN_GATE_FILE
+            try:
+                basis = load_file(str(gate_file))["basis"]
+            except Exception as error:
+                raise WeightsError(f"{gate_file} is missing or corrupt: {error}") from error
+            token_gate = {"basis": basis, "threshold": float(record["token_gate"]["threshold"]),
+                          "sharpness": float(record["token_gate"]["sharpness"])}  # fmt: skip
         return cls(
             up=up, down=down, gates=record.get("gates", {}), concepts=concepts,
             method=record["method"], config=record.get("config", {}), seed=record.get("seed", 0),
             base_fingerprint=record["base_fingerprint"], family=record.get("family", "sd"),
             rank=int(record.get("rank", next(iter(down.values())).shape[0])),
             stats=record.get("stats", {}), library_version=record.get("library_version", "?"),
+            token_gate=token_gate,
         )  # fmt: skip
 
 

@@ -40,12 +40,13 @@ def _text_encoder(tokenizer, hidden: int, layers: int = 2, projection: int | Non
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def _vae():
+def _vae(levels: int = 2):
+    """A tiny AutoencoderKL; ``levels`` = 4 gives SD's downsampling factor 8."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8,) + (16,) * (levels - 1), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
         norm_num_groups=8, sample_size=32,
     ).eval()  # fmt: skip
 
@@ -103,7 +104,8 @@ def tiny_pipeline(family: Family = "sd1", seed: int = 0):
 
 
 def sd15_sized_pipeline(seed: int = 0):
-    """Random weights in SD 1.5's shapes: UNet ~860 M parameters, CLIP ViT-L/14-sized text encoder."""
+    """Random weights in SD 1.5's shapes: UNet ~860 M parameters, CLIP ViT-L/14-sized text encoder
+    (the VAE is tiny but downsamples by 8, like SD's, so image sizes mean the same)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -116,7 +118,7 @@ def sd15_sized_pipeline(seed: int = 0):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))  # fmt: skip
     pipe = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        vae=_vae(levels=4), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
         scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip

@@ -70,6 +70,10 @@ class AceConfig:
         gate_queries: query rows kept per layer and prompt (random subsample).
         preserve_general: number of general captions in the preserve set (ToyWorld: grammar
             captions; other models: the shipped caption list, all of it).
+        mode: "lora" (the edit applies to every token: a standard LoRA) or "token_gate" (an
+            attention processor applies it only to tokens in the concept subspace; the saved
+            LoRA stays available for stock diffusers as its linearisation).
+        token_gate_rank: dimension of the concept subspace of the token gate.
     """
 
     ridge: float = field(default=0.01, metadata={"help": "relative ridge (> 0)"})
@@ -88,6 +92,8 @@ class AceConfig:
     gate_preserve_weight: float = field(default=1.0, metadata={"help": "preserve weight in the gate"})
     gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
     preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
+    mode: Literal["lora", "token_gate"] = field(default="lora", metadata={"help": "lora | token_gate"})
+    token_gate_rank: int = field(default=4, metadata={"help": "concept subspace dimension (token gate)"})
 
     def validate(self) -> None:
         checks = [
@@ -101,6 +107,8 @@ class AceConfig:
             (self.max_rank >= 1, "max_rank must be >= 1"),
             (self.gate in ("layer", "head", "none"), "gate must be 'layer', 'head' or 'none'"),
             (self.gate_steps >= 1 and self.gate_prompts >= 1, "gate_steps and gate_prompts must be >= 1"),
+            (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
+            (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -267,6 +275,7 @@ class AceResult:
     edits: dict[str, ProjectionEdit]
     rank: int
     stats: dict
+    token_gate: dict | None = None
 
 
 @torch.no_grad()
@@ -309,6 +318,14 @@ def fit(
         for proj in ("to_k", "to_v"):
             deltas[f"{name}.{proj}"] = solution.delta(base_linear(getattr(module, proj)).weight)
     rank = config.rank or min(config.max_rank, max(rank_for_energy(d, config.rank_energy) for d in deltas.values()))
+    token_gate = None
+    if config.mode == "token_gate":
+        from ace_erasure.processors import concept_subspace, mask_parameters
+
+        target_gram, _, preserve_gram = fitter.statistics()
+        basis = concept_subspace(target_gram, preserve_gram, min(config.token_gate_rank, dim))
+        threshold, sharpness = mask_parameters(basis, target_gram, preserve_gram)
+        token_gate = {"basis": basis.float(), "threshold": threshold, "sharpness": sharpness}
     timings["solve"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -355,4 +372,4 @@ def fit(
         "seconds": {k: round(v, 4) for k, v in timings.items()},
     }
     logger.info("ACE fit: %s", stats)
-    return AceResult(edits, rank, stats)
+    return AceResult(edits, rank, stats, token_gate)

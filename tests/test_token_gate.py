@@ -1,0 +1,74 @@
+"""The per-token gate processor: limits, round trip, and restoring the original processors."""
+
+import numpy as np
+import pytest
+import torch
+
+from ace_erasure import AceConfig, Erasure, erase
+from ace_erasure.models.plumbing import cross_attention_layers
+from ace_erasure.processors import TokenGateProcessor, concept_subspace, mask_parameters
+
+CONFIG = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2, mode="token_gate")
+
+
+def _image(pipe, prompt="a red circle"):
+    out = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np",
+               height=32, width=32)  # fmt: skip
+    return np.asarray(out.images[0])
+
+
+def _install(pipe, erasure, threshold, sharpness=1e4):
+    processors = dict(pipe.unet.attn_processors)
+    for layer, _ in cross_attention_layers(pipe.unet):
+        k, v = f"{layer}.to_k", f"{layer}.to_v"
+        processors[f"{layer}.processor"] = TokenGateProcessor(
+            erasure.up[k], erasure.down[k], erasure.up[v], erasure.down[v], erasure.token_gate["basis"],
+            threshold, sharpness,
+        )  # fmt: skip
+    pipe.unet.set_attn_processor(processors)
+
+
+def test_mask_limits_equal_lora_and_base(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+    base = _image(pipe)
+    original = dict(pipe.unet.attn_processors)
+    erasure = erase(pipe, ["circle"], config=CONFIG)
+    erasure.fuse(pipe)
+    lora = _image(pipe)
+    erasure.remove(pipe)
+    _install(pipe, erasure, threshold=-1.0)  # every token in the mask: the LoRA
+    all_tokens = _image(pipe)
+    _install(pipe, erasure, threshold=2.0)  # no token in the mask: the base model
+    no_tokens = _image(pipe)
+    pipe.unet.set_attn_processor(original)
+    assert np.abs(all_tokens - lora).max() < 1e-4
+    assert np.abs(no_tokens - base).max() < 1e-5
+    assert np.abs(lora - base).max() > 1e-3
+
+
+def test_token_gate_round_trip_and_remove(tiny_pipes, tmp_path):
+    pipe = tiny_pipes("sd1")
+    base = _image(pipe)
+    erasure = erase(pipe, ["circle"], config=CONFIG)
+    assert erasure.mode == "token_gate"
+    erasure.save(tmp_path / "e")
+    assert (tmp_path / "e" / "ace_token_gate.safetensors").is_file()
+    loaded = Erasure.load(tmp_path / "e")
+    assert loaded.token_gate["threshold"] == pytest.approx(erasure.token_gate["threshold"])
+    assert torch.equal(loaded.token_gate["basis"], erasure.token_gate["basis"])
+    processors = dict(pipe.unet.attn_processors)
+    loaded.apply(pipe)
+    gated = _image(pipe)
+    loaded.remove(pipe)
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+    assert np.array_equal(_image(pipe), base)
+    assert not np.array_equal(gated, base)
+
+
+def test_concept_subspace_prefers_target_directions():
+    target = torch.diag(torch.tensor([1.0, 1.0, 10.0, 1.0], dtype=torch.float64))
+    preserve = torch.eye(4, dtype=torch.float64)
+    basis = concept_subspace(target, preserve, 1)
+    assert abs(float(basis[2, 0])) == pytest.approx(1.0)
+    threshold, sharpness = mask_parameters(basis, target, preserve)
+    assert 0.25 < threshold < 10 / 13 and sharpness > 0
