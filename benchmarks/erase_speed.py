@@ -26,13 +26,107 @@ import torch
 from ace_erasure import AceConfig, erase
 
 # 100 everyday object names (erased together in the 100-concept run)
-OBJECTS = """airplane automobile bird cat deer dog frog horse ship truck apple banana bicycle bottle bowl
-bus cake car chair clock couch cup donut elephant giraffe guitar hat kite knife laptop lamp
-lion monkey motorcycle mouse orange oven penguin piano pizza rabbit refrigerator rose sandwich
-scissors sheep shoe sofa spoon squirrel strawberry suitcase table teapot telephone television tiger
-toaster tomato toothbrush tractor train tree umbrella vase violin whale wolf zebra backpack balloon
-basket bear bee bench bridge butterfly camel candle castle cloud cow crab drum duck eagle feather
-fence fish flower fork fox goat hammer helmet kangaroo key ladder leaf""".split()
+OBJECTS = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+    "apple",
+    "banana",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "bus",
+    "cake",
+    "car",
+    "chair",
+    "clock",
+    "couch",
+    "cup",
+    "donut",
+    "elephant",
+    "giraffe",
+    "guitar",
+    "hat",
+    "kite",
+    "knife",
+    "laptop",
+    "lamp",
+    "lion",
+    "monkey",
+    "motorcycle",
+    "mouse",
+    "orange",
+    "oven",
+    "penguin",
+    "piano",
+    "pizza",
+    "rabbit",
+    "refrigerator",
+    "rose",
+    "sandwich",
+    "scissors",
+    "sheep",
+    "shoe",
+    "sofa",
+    "spoon",
+    "squirrel",
+    "strawberry",
+    "suitcase",
+    "table",
+    "teapot",
+    "telephone",
+    "television",
+    "tiger",
+    "toaster",
+    "tomato",
+    "toothbrush",
+    "tractor",
+    "train",
+    "tree",
+    "umbrella",
+    "vase",
+    "violin",
+    "whale",
+    "wolf",
+    "zebra",
+    "backpack",
+    "balloon",
+    "basket",
+    "bear",
+    "bee",
+    "bench",
+    "bridge",
+    "butterfly",
+    "camel",
+    "candle",
+    "castle",
+    "cloud",
+    "cow",
+    "crab",
+    "drum",
+    "duck",
+    "eagle",
+    "feather",
+    "fence",
+    "fish",
+    "flower",
+    "fork",
+    "fox",
+    "goat",
+    "hammer",
+    "helmet",
+    "kangaroo",
+    "key",
+    "ladder",
+    "leaf",
+]
 
 
 def peak_rss_mb() -> float:
@@ -48,16 +142,27 @@ def time_erase(pipe, concepts: list[str], config: AceConfig, repeats: int) -> di
         runs.append((time.perf_counter() - start, erasure.stats["seconds"]))
     totals = [r[0] for r in runs]
     median_run = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
-    return {"concepts": len(concepts), "seconds_median": statistics.median(totals), "seconds_all": totals,
-            "stage_seconds_of_median_run": median_run[1], "rank": erasure.rank}  # fmt: skip
+    return {
+        "concepts": len(concepts),
+        "seconds_median": statistics.median(totals),
+        "seconds_all": totals,
+        "stage_seconds_of_median_run": median_run[1],
+        "rank": erasure.rank,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--set", action="append", default=[], help="AceConfig override key=value (second config)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="AceConfig override key=value (second config)"
+    )
     parser.add_argument("--skip-sd15", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "erase_speed")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "erase_speed"
+    )
     args = parser.parse_args()
 
     def parse(v: str):
@@ -70,9 +175,16 @@ def main() -> None:
 
     configs = {"default": AceConfig()}
     if args.set:
-        configs["override"] = AceConfig(**{k: parse(v) for k, v in (s.split("=", 1) for s in args.set)})
-    results: dict = {"benchmark": "erase_speed", "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
-                     "configs": {k: dataclasses.asdict(v) for k, v in configs.items()}, "models": {}}  # fmt: skip
+        configs["override"] = AceConfig(
+            **{k: parse(v) for k, v in (s.split("=", 1) for s in args.set)}
+        )
+    results: dict = {
+        "benchmark": "erase_speed",
+        "torch_threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "configs": {k: dataclasses.asdict(v) for k, v in configs.items()},
+        "models": {},
+    }
 
     from ace_erasure.toyworld.assets import load_pipeline
     from ace_erasure.toyworld.vocab import vocabulary
@@ -80,10 +192,12 @@ def main() -> None:
     toy = load_pipeline()
     shapes = list(vocabulary().shapes)
     results["models"]["toyworld"] = {
-        name: {"1": time_erase(toy, ["circle"], cfg, args.repeats),
-               "10": time_erase(toy, shapes, cfg, args.repeats)}
+        name: {
+            "1": time_erase(toy, ["circle"], cfg, args.repeats),
+            "10": time_erase(toy, shapes, cfg, args.repeats),
+        }
         for name, cfg in configs.items()
-    }  # fmt: skip
+    }
     del toy
     if not args.skip_sd15:
         from ace_erasure.testing import sd15_sized_pipeline
@@ -95,9 +209,11 @@ def main() -> None:
         unet_params = sum(p.numel() for p in pipe.unet.parameters())
         text_params = sum(p.numel() for p in pipe.text_encoder.parameters())
         results["models"]["sd15_sized_random"] = {
-            "build_seconds_not_counted": build, "unet_parameters": unet_params,
-            "text_encoder_parameters": text_params, "peak_rss_mb_before_erasing": rss_before,
-        }  # fmt: skip
+            "build_seconds_not_counted": build,
+            "unet_parameters": unet_params,
+            "text_encoder_parameters": text_params,
+            "peak_rss_mb_before_erasing": rss_before,
+        }
         for name, cfg in configs.items():
             results["models"]["sd15_sized_random"][name] = {
                 "1": time_erase(pipe, ["cat"], cfg, args.repeats),
@@ -106,19 +222,28 @@ def main() -> None:
     results["peak_rss_mb"] = peak_rss_mb()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# ACE stage 1 erase time (CPU, excluding model loading)", "",
-             f"{results['torch_threads']} torch threads; median of {args.repeats} runs (100-concept runs: "
-             f"{max(1, args.repeats // 3)}); peak RSS of the whole process {results['peak_rss_mb']:.0f} MB.", "",
-             "| model | config | concepts | seconds | targets | preserve | solve | gates | rank |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# ACE stage 1 erase time (CPU, excluding model loading)",
+        "",
+        f"{results['torch_threads']} torch threads; median of {args.repeats} runs (100-concept runs: "
+        f"{max(1, args.repeats // 3)}); peak RSS of the whole process {results['peak_rss_mb']:.0f} MB.",
+        "",
+        "| model | config | concepts | seconds | targets | preserve | solve | gates | rank |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, entries in results["models"].items():
         for name in configs:
             for count, r in entries[name].items():
                 st = r["stage_seconds_of_median_run"]
-                lines.append(f"| {model} | {name} | {count} | {r['seconds_median']:.2f} | {st['targets']:.2f} | "
-                             f"{st['preserve']:.2f} | {st['solve']:.2f} | {st['gates']:.2f} | {r['rank']} |")  # fmt: skip
+                lines.append(
+                    f"| {model} | {name} | {count} | {r['seconds_median']:.2f} | {st['targets']:.2f} | "
+                    f"{st['preserve']:.2f} | {st['solve']:.2f} | {st['gates']:.2f} | {r['rank']} |"
+                )
     if "override" in configs:
-        lines += ["", f"override: `{json.dumps({k: parse(v) for k, v in (s.split('=', 1) for s in args.set)})}`"]
+        lines += [
+            "",
+            f"override: `{json.dumps({k: parse(v) for k, v in (s.split('=', 1) for s in args.set)})}`",
+        ]
     lines.append("")
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

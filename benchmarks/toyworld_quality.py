@@ -33,14 +33,33 @@ from ace_erasure.toyworld.assets import bundled_dir, load_judge, load_pipeline, 
 from ace_erasure.toyworld.judge import AMBIGUOUS
 from ace_erasure.toyworld.vocab import vocabulary
 
-ORDER = ["shapes", "colours", "styles", "characters", "shape synonyms", "style synonyms",
-         "character nicknames", "hazard (named)", "hazard (indirect)"]  # fmt: skip
-TARGETS = {"shapes": 0.90, "colours": 0.90, "styles": 0.90, "characters": 0.90, "shape synonyms": 0.85,
-           "style synonyms": 0.85, "character nicknames": 0.85, "hazard (named)": 0.85,
-           "hazard (indirect)": 0.85}  # fmt: skip
+ORDER = [
+    "shapes",
+    "colours",
+    "styles",
+    "characters",
+    "shape synonyms",
+    "style synonyms",
+    "character nicknames",
+    "hazard (named)",
+    "hazard (indirect)",
+]
+TARGETS = {
+    "shapes": 0.90,
+    "colours": 0.90,
+    "styles": 0.90,
+    "characters": 0.90,
+    "shape synonyms": 0.85,
+    "style synonyms": 0.85,
+    "character nicknames": 0.85,
+    "hazard (named)": 0.85,
+    "hazard (indirect)": 0.85,
+}
 
 
-def run(model: Path | None, n: int, steps: int, guidance: float, seed: int, threads: int | None) -> dict:
+def run(
+    model: Path | None, n: int, steps: int, guidance: float, seed: int, threads: int | None
+) -> dict:
     if threads:
         torch.set_num_threads(threads)
     folder = model or bundled_dir()
@@ -61,11 +80,18 @@ def run(model: Path | None, n: int, steps: int, guidance: float, seed: int, thre
     single = []
     for i in range(6):
         t = time.perf_counter()
-        generate(pipe, ["a picture of a red circle"], seed=i, steps=20, guidance=guidance, batch_size=1)
+        generate(
+            pipe, ["a picture of a red circle"], seed=i, steps=20, guidance=guidance, batch_size=1
+        )
         single.append(time.perf_counter() - t)
     held_out_pairs = {f"{c} {s}" for c, s in manifest(folder)["config"]["held_out_pairs"]}
-    unseen = [o for o in outcomes if o["head"] == "shape" and o["group"] == "shapes"
-              and any(pair in o["prompt"] for pair in held_out_pairs)]  # fmt: skip
+    unseen = [
+        o
+        for o in outcomes
+        if o["head"] == "shape"
+        and o["group"] == "shapes"
+        and any(pair in o["prompt"] for pair in held_out_pairs)
+    ]
     return {
         "benchmark": "toyworld_quality",
         "model": str(folder),
@@ -79,7 +105,10 @@ def run(model: Path | None, n: int, steps: int, guidance: float, seed: int, thre
         "probe_seed": seed,
         "generation_seeds": [HELD_OUT_SEED + seed, HELD_OUT_SEED + seed + len(prompts) - 1],
         "groups": groups,
-        "unseen_colour_shape_pairs": {"accuracy": sum(o["correct"] for o in unseen) / max(1, len(unseen)), "n": len(unseen)},
+        "unseen_colour_shape_pairs": {
+            "accuracy": sum(o["correct"] for o in unseen) / max(1, len(unseen)),
+            "n": len(unseen),
+        },
         "hazard_false_positive_rate": false_positive,
         "hazard_false_positive_n": len(others),
         "ambiguous_label": AMBIGUOUS,
@@ -97,7 +126,7 @@ def markdown(result: dict) -> str:
         "",
         f"Model `{result['model']}`, {result['images']} images ({result['images_per_concept']} per concept), "
         f"{result['steps']} steps, guidance {result['guidance']}, seeds {result['generation_seeds']}, "
-        f"judge threshold {result['judge_threshold']} (below it a head says \"ambiguous\", counted wrong).",
+        f'judge threshold {result["judge_threshold"]} (below it a head says "ambiguous", counted wrong).',
         "",
         "| family | accuracy | target | mean p(expected) | ambiguous | n |",
         "|---|---|---|---|---|---|",
@@ -106,9 +135,13 @@ def markdown(result: dict) -> str:
         g = result["groups"][group]
         target = TARGETS[group]
         ok = "✓" if g["accuracy"] >= target else "✗"
-        lines.append(f"| {group} | {g['accuracy']:.3f} {ok} | ≥ {target:.2f} | {g['p_expected']:.3f} | {g['ambiguous']:.3f} | {g['n']} |")
+        lines.append(
+            f"| {group} | {g['accuracy']:.3f} {ok} | ≥ {target:.2f} | {g['p_expected']:.3f} | {g['ambiguous']:.3f} | {g['n']} |"
+        )
     fp = result["hazard_false_positive_rate"]
-    lines.append(f"| hazard on other prompts (false positives) | {fp:.3f} {'✓' if fp <= 0.02 else '✗'} | ≤ 0.02 | | | {result['hazard_false_positive_n']} |")
+    lines.append(
+        f"| hazard on other prompts (false positives) | {fp:.3f} {'✓' if fp <= 0.02 else '✗'} | ≤ 0.02 | | | {result['hazard_false_positive_n']} |"
+    )
     unseen = result["unseen_colour_shape_pairs"]
     lines += [
         f"| shapes, unseen colour–shape pairs only | {unseen['accuracy']:.3f} | | | | {unseen['n']} |",
@@ -118,21 +151,29 @@ def markdown(result: dict) -> str:
         f"{result['torch_threads']} torch threads.",
         "",
         "Judge accuracy on held-out rendered ground truth: "
-        + ", ".join(f"{h} {a:.4f}" for h, a in (result["judge_held_out_accuracy_on_rendered"] or {}).items()),
+        + ", ".join(
+            f"{h} {a:.4f}" for h, a in (result["judge_held_out_accuracy_on_rendered"] or {}).items()
+        ),
         "",
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="ToyWorld folder (default: bundled)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="ToyWorld folder (default: bundled)"
+    )
     parser.add_argument("--n", type=int, default=24, help="images per concept")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toyworld_quality")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "toyworld_quality"
+    )
     args = parser.parse_args()
     result = run(args.model, args.n, args.steps, args.guidance, args.seed, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,19 +31,53 @@ def tiny_folder(tmp_path_factory):
 
 def test_generate_grid_on_a_local_pipeline(monkeypatch, capsys, tiny_folder, tmp_path):
     out = tmp_path / "grid.png"
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red circle", "a blue square", "--model", str(tiny_folder),
-                           "--steps", "2", "--images-per-prompt", "2", "--out", str(out))  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "a red circle",
+        "a blue square",
+        "--model",
+        str(tiny_folder),
+        "--steps",
+        "2",
+        "--images-per-prompt",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert Image.open(out).size == (2 * 32, 2 * 32)  # 2 prompts x 2 images, 32 px each
     again = tmp_path / "again.png"
-    run_cli(monkeypatch, capsys, "generate", "a red circle", "a blue square", "--model", str(tiny_folder),
-            "--steps", "2", "--images-per-prompt", "2", "--out", str(again))  # fmt: skip
+    run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "a red circle",
+        "a blue square",
+        "--model",
+        str(tiny_folder),
+        "--steps",
+        "2",
+        "--images-per-prompt",
+        "2",
+        "--out",
+        str(again),
+    )
     assert out.read_bytes() == again.read_bytes()  # same seed, same bytes
 
 
 def test_missing_model_path_is_one_line(monkeypatch, capsys, tmp_path):
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red circle", "--model", str(tmp_path / "nope"),
-                           "--out", str(tmp_path / "x.png"))  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "a red circle",
+        "--model",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert code == 1
     assert err.strip().count("\n") == 0 and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
@@ -60,8 +94,16 @@ def test_corrupt_weights_are_one_line(monkeypatch, capsys, tiny_folder, tmp_path
     shutil.copytree(tiny_folder, broken)
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red circle", "--model", str(broken),
-                           "--out", str(tmp_path / "x.png"))  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "a red circle",
+        "--model",
+        str(broken),
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert code == 1 and "corrupt" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "x.png").exists()
 
@@ -72,7 +114,10 @@ def test_corrupt_weights_are_one_line(monkeypatch, capsys, tiny_folder, tmp_path
         (["--concept", " "], "cannot be empty"),
         (["--concept", "circle", "--anchor", "circle"], "equals its anchor"),
         (["--concept", "circle", "--preserve", "circle"], "preserve list contains"),
-        (["--concept", "circle", "--synonym", "disc", "--concept", "square"], "exactly one --concept"),
+        (
+            ["--concept", "circle", "--synonym", "disc", "--concept", "square"],
+            "exactly one --concept",
+        ),
         ([], "--concept NAME or --concepts FILE"),
         (["--concept", "circle", "--gate", "pixel"], "gate must be"),
         (["--concept", "circle", "--method", "magic"], "unknown method"),
@@ -80,7 +125,9 @@ def test_corrupt_weights_are_one_line(monkeypatch, capsys, tiny_folder, tmp_path
 )
 def test_erase_bad_input_writes_nothing(monkeypatch, capsys, tiny_folder, tmp_path, extra, message):
     out = tmp_path / "erasure"
-    code, _, err = run_cli(monkeypatch, capsys, "erase", "--model", str(tiny_folder), "--out", str(out), *extra)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "erase", "--model", str(tiny_folder), "--out", str(out), *extra
+    )
     assert code != 0 and message in err and "Traceback" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -89,21 +136,65 @@ def test_erase_then_generate_and_refuse_another_model(monkeypatch, capsys, tiny_
     from ace_erasure.testing import tiny_pipeline
 
     out = tmp_path / "erasure"
-    code, _, err = run_cli(monkeypatch, capsys, "erase", "--model", str(tiny_folder), "--concept", "circle",
-                           "--synonym", "disc", "--out", str(out), "--no-grid")  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "erase",
+        "--model",
+        str(tiny_folder),
+        "--concept",
+        "circle",
+        "--synonym",
+        "disc",
+        "--out",
+        str(out),
+        "--no-grid",
+    )
     assert code == 0, err
     assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "erasure.json").is_file()
-    code, _, err = run_cli(monkeypatch, capsys, "erase", "--model", str(tiny_folder), "--concept", "circle",
-                           "--out", str(out), "--no-grid")  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "erase",
+        "--model",
+        str(tiny_folder),
+        "--concept",
+        "circle",
+        "--out",
+        str(out),
+        "--no-grid",
+    )
     assert code == 1 and "already exists" in err
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red circle", "--model", str(tiny_folder),
-                           "--erasure", str(out), "--steps", "2", "--out", str(tmp_path / "after.png"))  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "a red circle",
+        "--model",
+        str(tiny_folder),
+        "--erasure",
+        str(out),
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "after.png"),
+    )
     assert code == 0, err
     other = tmp_path / "other-model"
     tiny_pipeline("sd1", seed=5).save_pretrained(other)
     capsys.readouterr()  # drop save_pretrained's own progress output
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red circle", "--model", str(other),
-                           "--erasure", str(out), "--out", str(tmp_path / "x.png"))  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "a red circle",
+        "--model",
+        str(other),
+        "--erasure",
+        str(out),
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert code == 1 and "made for base model" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "x.png").exists()
 
@@ -112,8 +203,19 @@ def test_erase_with_concept_file_and_grid(monkeypatch, capsys, tiny_folder, tmp_
     concepts = tmp_path / "concepts.yaml"
     concepts.write_text("- circle\n- {name: square, synonyms: [box]}\n")
     out = tmp_path / "erasure"
-    code, _, err = run_cli(monkeypatch, capsys, "erase", "--model", str(tiny_folder), "--concepts", str(concepts),
-                           "--out", str(out), "--rank", "4")  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "erase",
+        "--model",
+        str(tiny_folder),
+        "--concepts",
+        str(concepts),
+        "--out",
+        str(out),
+        "--rank",
+        "4",
+    )
     assert code == 0, err
     assert (out / "grid.png").is_file() and "grid.png" in (out / "README.md").read_text()
     import json

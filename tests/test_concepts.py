@@ -16,7 +16,10 @@ def test_defaults_and_normalisation():
         ({"name": "  "}, "cannot be empty"),
         ({"name": "circle", "anchor": "Circle"}, "equals its anchor"),
         ({"name": "circle", "preserve": ("square", "circle")}, "preserve list contains"),
-        ({"name": "circle", "synonyms": ("disc",), "preserve": ("disc",)}, "preserve list contains"),
+        (
+            {"name": "circle", "synonyms": ("disc",), "preserve": ("disc",)},
+            "preserve list contains",
+        ),
         ({"name": "circle", "kind": "animal"}, "unknown kind"),
     ],
 )
@@ -39,7 +42,7 @@ def test_prompt_pairs_keep_everything_but_the_concept():
         assert pair.text.startswith(pair.before) and pair.text.startswith(pair.through)
         assert pair.anchor_text.startswith(pair.anchor_before)
         assert "orb" not in pair.anchor_text and "disc" not in pair.anchor_text
-    first = [p for p in pairs if p.text == "an orb"][0]  # article fixed in the concept prompt
+    first = next(p for p in pairs if p.text == "an orb")  # article fixed in the concept prompt
     assert first.anchor_text == "a" and first.through == "an orb"
     celeb = prompt_pairs(Concept("Mira Kestrel", kind="celebrity"))[1]
     assert (celeb.text, celeb.anchor_text) == ("a photo of Mira Kestrel", "a photo of a person")
@@ -65,8 +68,13 @@ def test_load_concepts_yaml_and_json(tmp_path):
 
 @pytest.mark.parametrize(
     "text,message",
-    [("concepts: [", "not valid"), ("concepts: 3", "must hold a list"), ("- {name: a, colour: red}", "unknown field"),
-     ("- {kind: object}", "missing 'name'"), ("- 3", "expected a name")],
+    [
+        ("concepts: [", "not valid"),
+        ("concepts: 3", "must hold a list"),
+        ("- {name: a, colour: red}", "unknown field"),
+        ("- {kind: object}", "missing 'name'"),
+        ("- 3", "expected a name"),
+    ],
 )
 def test_bad_concept_files(tmp_path, text, message):
     (tmp_path / "bad.yaml").write_text(text)

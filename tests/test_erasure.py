@@ -8,14 +8,25 @@ import torch
 
 from ace_erasure import AceConfig, Concept, Erasure, erase
 from ace_erasure.errors import AceError, ConfigError, WeightsError
-from ace_erasure.models.plumbing import cross_attention_layers, encode_prompts, token_span, tokenizers
+from ace_erasure.models.plumbing import (
+    cross_attention_layers,
+    encode_prompts,
+    token_span,
+    tokenizers,
+)
 
 FAST = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2)
 
 
 def _image(pipe, prompt="a red circle"):
-    out = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np",
-               height=32, width=32)  # fmt: skip
+    out = pipe(
+        prompt,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        height=32,
+        width=32,
+    )
     return np.asarray(out.images[0])
 
 
@@ -25,10 +36,16 @@ def test_erase_changes_only_cross_attention_keys_and_values(tiny_pipes, family):
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     text_before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
     erasure = erase(pipe, ["circle"], config=FAST)
-    assert {k: torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items()} == dict.fromkeys(before, True)
+    assert {
+        k: torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items()
+    } == dict.fromkeys(before, True)
     erasure.fuse(pipe)
     changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
-    expected = {f"{name}.{p}.weight" for name, _ in cross_attention_layers(pipe.unet) for p in ("to_k", "to_v")}
+    expected = {
+        f"{name}.{p}.weight"
+        for name, _ in cross_attention_layers(pipe.unet)
+        for p in ("to_k", "to_v")
+    }
     assert changed == expected
     assert all(torch.equal(v, pipe.text_encoder.state_dict()[k]) for k, v in text_before.items())
     erasure.remove(pipe)
@@ -38,14 +55,25 @@ def test_erase_changes_only_cross_attention_keys_and_values(tiny_pipes, family):
 def test_edit_moves_concept_keys_to_the_anchor_and_preserve_weight_protects_others(tiny_pipes):
     pipe = tiny_pipes("sd1")
     tok = tokenizers(pipe)[0]
-    concept, anchor, other = encode_prompts(pipe, ["a photo of a circle", "a photo of a", "a photo of a square"])
+    concept, anchor, other = encode_prompts(
+        pipe, ["a photo of a circle", "a photo of a", "a photo of a square"]
+    )
     span = token_span(tok, "a photo of a", "a photo of a circle")
     name, module = cross_attention_layers(pipe.unet)[0]
     w = module.to_k.weight.detach().double()
-    t, a = concept[span.start].double(), anchor[span.start].double()  # a: the EOS where it was removed
+    t, a = (
+        concept[span.start].double(),
+        anchor[span.start].double(),
+    )  # a: the EOS where it was removed
 
     def edited(preserve_weight: float) -> torch.Tensor:
-        config = AceConfig(neighbours=0, gate="none", ridge=1e-4, preserve_weight=preserve_weight, suffix_weight=0.0)
+        config = AceConfig(
+            neighbours=0,
+            gate="none",
+            ridge=1e-4,
+            preserve_weight=preserve_weight,
+            suffix_weight=0.0,
+        )
         return w + erase(pipe, ["circle"], config=config).delta(f"{name}.to_k").double()
 
     free = edited(0.0)
@@ -75,7 +103,9 @@ def test_lora_round_trip_through_stock_diffusers(tiny_pipes, tmp_path):
         assert not np.array_equal(ours, base)
         assert np.array_equal(stock, ours)
         erasure.fuse(pipe)
-        assert np.abs(_image(pipe) - ours).max() < 1e-4  # merged weights: same images up to rounding
+        assert (
+            np.abs(_image(pipe) - ours).max() < 1e-4
+        )  # merged weights: same images up to rounding
         erasure.remove(pipe)
         assert np.array_equal(_image(pipe), base)
 
@@ -141,7 +171,9 @@ def test_bad_erasure_folders(tiny_pipes, tmp_path):
         Erasure.load(folder)
     lora.write_bytes(good)
     record = json.loads((folder / "erasure.json").read_text())
-    (folder / "erasure.json").write_text(json.dumps({k: v for k, v in record.items() if k != "library"}))
+    (folder / "erasure.json").write_text(
+        json.dumps({k: v for k, v in record.items() if k != "library"})
+    )
     with pytest.raises(WeightsError, match="not written by ace-erasure"):
         Erasure.load(folder)
     (folder / "erasure.json").write_text("{broken")
@@ -158,7 +190,11 @@ def test_save_is_atomic_and_refuses_to_overwrite(tiny_pipes, tmp_path):
         erasure.save(out)
     assert (out / "keep.txt").read_text() == "user data"
     erasure.save(out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "erasure.json", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "erasure.json",
+        "pytorch_lora_weights.safetensors",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
 
 
@@ -171,5 +207,10 @@ def test_bad_configs_are_clear_errors(tiny_pipes):
     with pytest.raises(ConfigError, match="unknown method"):
         erase(pipe, ["circle"], method="magic")
     with pytest.raises(ConfigError, match="singular"):
-        erase(pipe, [Concept("circle")], config=AceConfig(ridge=0.0, preserve_weight=0.0, neighbours=0, gate="none",
-                                                          suffix_weight=0.0))  # fmt: skip
+        erase(
+            pipe,
+            [Concept("circle")],
+            config=AceConfig(
+                ridge=0.0, preserve_weight=0.0, neighbours=0, gate="none", suffix_weight=0.0
+            ),
+        )

@@ -8,10 +8,16 @@ from ace_erasure.linalg import RidgeEditFitter, rank_for_energy, solve_ridge_edi
 def _oracle_delta(weight, targets, anchors, preserve, w_target, lam_p, lam):
     """Δ minimising Σ w‖(W+Δ)t − W a‖² + λ_p Σ‖Δp‖² + λ‖Δ‖², by stacked least squares."""
     d = weight.shape[1]
-    rows = [(targets * w_target.sqrt().unsqueeze(1)), preserve * lam_p**0.5, torch.eye(d, dtype=torch.float64) * lam**0.5]
+    rows = [
+        (targets * w_target.sqrt().unsqueeze(1)),
+        preserve * lam_p**0.5,
+        torch.eye(d, dtype=torch.float64) * lam**0.5,
+    ]
     design = torch.cat(rows)  # (N, d): Δ design = stacked inputs
     residual_targets = ((anchors - targets) @ weight.T) * w_target.sqrt().unsqueeze(1)
-    rhs = torch.cat([residual_targets, torch.zeros(len(preserve) + d, weight.shape[0], dtype=torch.float64)])
+    rhs = torch.cat(
+        [residual_targets, torch.zeros(len(preserve) + d, weight.shape[0], dtype=torch.float64)]
+    )
     return torch.linalg.lstsq(design, rhs).solution.T
 
 
@@ -30,7 +36,9 @@ def test_solver_matches_least_squares_oracle(dtype, dim, n, m):
     # the fitter averages: target weight 1/n each, preserve 1/m each; λ is relative to the trace
     t, a, p = (x.to(dtype).double() for x in (targets, anchors, preserve))
     lam = solution.ridge_absolute
-    expected = _oracle_delta(weight, t, a, p * (1 / m) ** 0.5, torch.full((n,), 1 / n, dtype=torch.float64), 0.7, lam)
+    expected = _oracle_delta(
+        weight, t, a, p * (1 / m) ** 0.5, torch.full((n,), 1 / n, dtype=torch.float64), 0.7, lam
+    )
     assert torch.allclose(solution.delta(weight), expected, atol=1e-8, rtol=1e-6)
 
 
@@ -84,8 +92,13 @@ def test_no_targets_and_negative_parameters_are_errors():
     with pytest.raises(ConfigError, match="nothing to erase"):
         RidgeEditFitter(4).solve(1.0, 0.1)
     with pytest.raises(ConfigError):
-        solve_ridge_edit(torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64),
-                         torch.eye(3, dtype=torch.float64), 1.0, -1.0)  # fmt: skip
+        solve_ridge_edit(
+            torch.eye(3, dtype=torch.float64),
+            torch.eye(3, dtype=torch.float64),
+            torch.eye(3, dtype=torch.float64),
+            1.0,
+            -1.0,
+        )
 
 
 def test_shape_mismatch_is_rejected():

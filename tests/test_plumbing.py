@@ -32,12 +32,17 @@ def test_token_spans_locate_multi_token_words(tiny_pipes):
     span = token_span(tokenizer, "a photo of", "a photo of Mira Kestrel")
     assert (span.start, span.stop) == (4, 7)  # BOS a photo of | mira ke strel
     ids = tokenizer("a photo of Mira Kestrel").input_ids
-    assert tokenizer.convert_ids_to_tokens(ids[span.start : span.stop]) == ["mira</w>", "ke", "strel</w>"]
+    assert tokenizer.convert_ids_to_tokens(ids[span.start : span.stop]) == [
+        "mira</w>",
+        "ke",
+        "strel</w>",
+    ]
     assert token_span(tokenizer, "", "circle") == TokenSpan(1, 2, 77)
 
 
 def test_alignment_maps_concept_and_suffix_tokens():
-    # "a red circle" -> "a red": circle (3) maps to the EOS where it was removed, suffix shifts by one
+    # "a red circle" -> "a red": circle (3) maps to the EOS where it was removed,
+    # the suffix shifts by one
     pairs = aligned_positions(TokenSpan(3, 4, 77), TokenSpan(3, 3, 77))
     assert pairs[0] == (3, 3) and pairs[1] == (4, 3) and pairs[-1] == (76, 75)
     assert len(pairs) == 1 + 73

@@ -12,8 +12,14 @@ CONFIG = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2, mode="token_gate"
 
 
 def _image(pipe, prompt="a red circle"):
-    out = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np",
-               height=32, width=32)  # fmt: skip
+    out = pipe(
+        prompt,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        height=32,
+        width=32,
+    )
     return np.asarray(out.images[0])
 
 
@@ -22,9 +28,14 @@ def _install(pipe, erasure, threshold, sharpness=1e4):
     for layer, _ in cross_attention_layers(pipe.unet):
         k, v = f"{layer}.to_k", f"{layer}.to_v"
         processors[f"{layer}.processor"] = TokenGateProcessor(
-            erasure.up[k], erasure.down[k], erasure.up[v], erasure.down[v], erasure.token_gate["basis"],
-            threshold, sharpness,
-        )  # fmt: skip
+            erasure.up[k],
+            erasure.down[k],
+            erasure.up[v],
+            erasure.down[v],
+            erasure.token_gate["basis"],
+            threshold,
+            sharpness,
+        )
     pipe.unet.set_attn_processor(processors)
 
 
@@ -60,7 +71,9 @@ def test_token_gate_round_trip_and_remove(tiny_pipes, tmp_path):
     loaded.apply(pipe)
     gated = _image(pipe)
     loaded.remove(pipe)
-    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {
+        k: type(v) for k, v in processors.items()
+    }
     assert np.array_equal(_image(pipe), base)
     assert not np.array_equal(gated, base)
 

@@ -39,7 +39,9 @@ def test_every_name_and_synonym_is_unambiguous():
     seen: dict[str, str] = {}
     for name in (*v.shapes, *v.colours, *v.styles, *v.characters):
         for word in (name, *v.synonyms.get(name, ())):
-            assert word.lower() not in seen, f"{word} names both {seen.get(word.lower())} and {name}"
+            assert word.lower() not in seen, (
+                f"{word} names both {seen.get(word.lower())} and {name}"
+            )
             seen[word.lower()] = name
             assert v.canonical(word) == name
 
@@ -63,9 +65,15 @@ def test_every_scene_renders_something_visible():
 
 def test_styles_change_the_rendering():
     v = vocabulary()
-    plain = np.asarray(render(Scene("object", shape="square", colour="red"), np.random.default_rng(0)))
+    plain = np.asarray(
+        render(Scene("object", shape="square", colour="red"), np.random.default_rng(0))
+    )
     for style in v.style_names:
-        styled = np.asarray(render(Scene("object", shape="square", colour="red", style=style), np.random.default_rng(0)))
+        styled = np.asarray(
+            render(
+                Scene("object", shape="square", colour="red", style=style), np.random.default_rng(0)
+            )
+        )
         assert np.abs(styled.astype(int) - plain.astype(int)).mean() > 2, style
 
 
@@ -83,7 +91,11 @@ def test_tokenizer_matches_stable_diffusion_ids(tmp_path):
 
     tokenizer = build_tokenizer(tmp_path)
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
-    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (49406, 49407, 49407)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (
+        49406,
+        49407,
+        49407,
+    )
     assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
     padded = tokenizer("a red circle", padding="max_length", max_length=77).input_ids
     assert len(padded) == 77 and padded[4:] == [49407] * 73
@@ -92,13 +104,17 @@ def test_tokenizer_matches_stable_diffusion_ids(tmp_path):
         ids = reloaded(text).input_ids
         assert ids == tokenizer(text).input_ids
         assert reloaded.decode(ids, skip_special_tokens=True) == text.lower()
-    assert len(tokenizer("Mira Kestrel", add_special_tokens=False).input_ids) == 3  # multi-token name
+    assert (
+        len(tokenizer("Mira Kestrel", add_special_tokens=False).input_ids) == 3
+    )  # multi-token name
 
 
 def test_captions_name_what_is_drawn_and_never_use_held_out_templates():
     v = vocabulary()
     rng = np.random.default_rng(0)
-    held_out = [t.split("{")[0].strip() for t in (*HELD_OUT_OBJECT_TEMPLATES, *HELD_OUT_CHARACTER_TEMPLATES)]
+    held_out = [
+        t.split("{")[0].strip() for t in (*HELD_OUT_OBJECT_TEMPLATES, *HELD_OUT_CHARACTER_TEMPLATES)
+    ]
     for _ in range(1500):
         scene = sample_scene(rng, v, (0.6, 0.3, 0.1, 0, 0), 0.5)
         text = caption(scene, rng)

@@ -12,11 +12,21 @@ from ace_erasure.toyworld.train import ToyWorldTrainConfig, train_toyworld
 
 def tiny_config(**overrides) -> ToyWorldTrainConfig:
     return ToyWorldTrainConfig(
-        n_images=64, vae_channels=(8, 16, 16), vae_steps=2, vae_batch_size=4, text_hidden=16,
-        text_layers=1, unet_channels=(8, 16, 16), unet_layers_per_block=1, steps=4, batch_size=4,
-        warmup_steps=2, checkpoint_every=2, judge=JudgeTrainConfig(steps=2, batch_size=8, width=8, eval_images=16),
+        n_images=64,
+        vae_channels=(8, 16, 16),
+        vae_steps=2,
+        vae_batch_size=4,
+        text_hidden=16,
+        text_layers=1,
+        unet_channels=(8, 16, 16),
+        unet_layers_per_block=1,
+        steps=4,
+        batch_size=4,
+        warmup_steps=2,
+        checkpoint_every=2,
+        judge=JudgeTrainConfig(steps=2, batch_size=8, width=8, eval_images=16),
         **overrides,
-    )  # fmt: skip
+    )
 
 
 class Interrupt(Exception):
@@ -40,7 +50,9 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert whole["files"] == resumed["files"]  # same bytes, same sha256 for every shipped file
     assert (tmp_path / "whole" / "model" / "model_index.json").is_file()
-    assert {"model/unet/diffusion_pytorch_model.safetensors", "judge/judge.safetensors"} <= set(whole["files"])
+    assert {"model/unet/diffusion_pytorch_model.safetensors", "judge/judge.safetensors"} <= set(
+        whole["files"]
+    )
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):

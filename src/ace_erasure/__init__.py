@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from ace_erasure.api import erase  # noqa: E402
-from ace_erasure.concepts import Concept, load_concepts  # noqa: E402
-from ace_erasure.erasure import Erasure  # noqa: E402
-from ace_erasure.methods import AceConfig  # noqa: E402
+from ace_erasure.api import erase
+from ace_erasure.concepts import Concept, load_concepts
+from ace_erasure.erasure import Erasure
+from ace_erasure.methods import AceConfig
 
 __all__ = ["AceConfig", "Concept", "Erasure", "__version__", "erase", "load_concepts"]

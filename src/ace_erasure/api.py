@@ -13,12 +13,17 @@ from ace_erasure.methods import CONFIGS
 from ace_erasure.models.plumbing import fingerprint, model_family
 
 logger = logging.getLogger(__name__)
-TOYWORLD_KINDS = {"shapes": "object", "colours": "object", "styles": "style", "characters": "celebrity",
-                  "hazard": "explicit"}  # fmt: skip
+TOYWORLD_KINDS = {
+    "shapes": "object",
+    "colours": "object",
+    "styles": "style",
+    "characters": "celebrity",
+    "hazard": "explicit",
+}
 
 
 def is_toyworld(pipe) -> bool:
-    """True when ``pipe`` was loaded from a ToyWorld folder (the bundled model or a retrained one)."""
+    """True when ``pipe`` was loaded from a ToyWorld folder (bundled or retrained)."""
     from ace_erasure.toyworld.assets import toyworld_folder_of
 
     path = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
@@ -47,9 +52,18 @@ def resolve_concepts(items: Iterable[Concept | str], *, toyworld: bool) -> list[
             for name in (*concept.names, *concept.preserve):
                 unknown = unknown_words(name)
                 if unknown:
-                    known = ", ".join([*vocab.shapes, *vocab.style_names, *vocab.character_names, vocab.hazard_name])
+                    known = ", ".join(
+                        [
+                            *vocab.shapes,
+                            *vocab.style_names,
+                            *vocab.character_names,
+                            vocab.hazard_name,
+                        ]
+                    )
                     raise ConceptError(
-                        f"{name!r} is not in ToyWorld's vocabulary (unknown: {', '.join(unknown)}); known concepts: {known}"
+                        f"{name!r} is not in ToyWorld's vocabulary "
+                        f"(unknown: {', '.join(unknown)}); "
+                        f"known concepts: {known}"
                     )
     return concepts
 
@@ -90,8 +104,18 @@ def erase(
     return Erasure(
         up={k: e.up for k, e in result.edits.items()},
         down={k: e.down for k, e in result.edits.items()},
-        gates={k.rsplit(".", 1)[0]: e.gate.tolist() for k, e in result.edits.items() if k.endswith("to_k")},
-        concepts=resolved, method=method, config=dataclasses.asdict(config), seed=seed,
-        base_fingerprint=fingerprint(pipe), family=family, rank=result.rank, stats=result.stats,
+        gates={
+            k.rsplit(".", 1)[0]: e.gate.tolist()
+            for k, e in result.edits.items()
+            if k.endswith("to_k")
+        },
+        concepts=resolved,
+        method=method,
+        config=dataclasses.asdict(config),
+        seed=seed,
+        base_fingerprint=fingerprint(pipe),
+        family=family,
+        rank=result.rank,
+        stats=result.stats,
         token_gate=result.token_gate,
-    )  # fmt: skip
+    )

@@ -20,9 +20,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from ace_erasure.errors import AceError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Erase concepts from text-to-image diffusion models (ACE) and measure the result.",
-)  # fmt: skip
+)
 toyworld_app = typer.Typer(no_args_is_help=True, help="The bundled ToyWorld model: train, inspect.")
 app.add_typer(toyworld_app, name="toyworld")
 console = Console(stderr=True, soft_wrap=True)
@@ -40,10 +42,15 @@ def _quiet_libraries() -> None:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=console,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 def _save_image_atomically(image, out: Path) -> None:
@@ -56,13 +63,29 @@ def _save_image_atomically(image, out: Path) -> None:
 @app.command()
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts; several make a grid.")],
-    out: Annotated[Path, typer.Option(help="Output image (PNG); a grid when several prompts/images.")] = Path("generated.png"),
-    model: Annotated[str | None, typer.Option(help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld).")] = None,
-    erasure: Annotated[Path | None, typer.Option(help="Erasure folder (from `ace-erasure erase`) to apply first.")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output image (PNG); a grid when several prompts/images.")
+    ] = Path("generated.png"),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld)."
+        ),
+    ] = None,
+    erasure: Annotated[
+        Path | None, typer.Option(help="Erasure folder (from `ace-erasure erase`) to apply first.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Image i uses seed + i.")] = 0,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps (default: 20 on ToyWorld, 30 otherwise).")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance (default: 5 on ToyWorld, 7.5 otherwise).")] = None,
-    images_per_prompt: Annotated[int, typer.Option(min=1, help="Images per prompt (grid columns).")] = 1,
+    steps: Annotated[
+        int | None, typer.Option(help="Sampling steps (default: 20 on ToyWorld, 30 otherwise).")
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help="Classifier-free guidance (default: 5 on ToyWorld, 7.5 otherwise)."),
+    ] = None,
+    images_per_prompt: Annotated[
+        int, typer.Option(min=1, help="Images per prompt (grid columns).")
+    ] = 1,
 ) -> None:
     """Generate images (a grid for several prompts) with any Stable Diffusion pipeline."""
     from diffusers.utils import make_image_grid
@@ -80,7 +103,9 @@ def generate(
     if toyworld_folder_of(source) is not None:
         unknown = sorted({w for p in prompts for w in unknown_words(p)})
         if unknown:
-            console.print(f"warning: not in ToyWorld's vocabulary (generating anyway): {', '.join(unknown)}")
+            console.print(
+                f"warning: not in ToyWorld's vocabulary (generating anyway): {', '.join(unknown)}"
+            )
     pipe = load_pipeline(source)
     if erasure is not None:
         from ace_erasure.erasure import Erasure
@@ -90,23 +115,50 @@ def generate(
     start = time.perf_counter()
     images = sample(pipe, expanded, seed=seed, steps=steps, guidance=guidance)
     seconds = time.perf_counter() - start
-    grid = images[0] if len(images) == 1 else make_image_grid(images, rows=len(prompts), cols=images_per_prompt)
+    grid = (
+        images[0]
+        if len(images) == 1
+        else make_image_grid(images, rows=len(prompts), cols=images_per_prompt)
+    )
     _save_image_atomically(grid, out)
     console.print(f"wrote {out} ({len(images)} image(s) in {seconds:.2f} s)")
 
 
 @app.command()
 def erase(
-    out: Annotated[Path, typer.Option(help="Output erasure folder (LoRA + erasure.json + model card).")],
-    concept: Annotated[list[str] | None, typer.Option(help="Concept to erase (repeatable).")] = None,
-    synonym: Annotated[list[str] | None, typer.Option(help="Synonym to erase too (repeatable; one --concept only).")] = None,
-    kind: Annotated[str | None, typer.Option(help="object | style | celebrity | explicit (ToyWorld: inferred).")] = None,
-    anchor: Annotated[str | None, typer.Option(help="What the concept becomes (default: '' or 'a person' for celebrities).")] = None,
-    preserve: Annotated[list[str] | None, typer.Option(help="Concept to keep intact (repeatable).")] = None,
-    concepts: Annotated[Path | None, typer.Option(help="YAML/JSON file with many concepts.")] = None,
-    model: Annotated[str | None, typer.Option(help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output erasure folder (LoRA + erasure.json + model card).")
+    ],
+    concept: Annotated[
+        list[str] | None, typer.Option(help="Concept to erase (repeatable).")
+    ] = None,
+    synonym: Annotated[
+        list[str] | None,
+        typer.Option(help="Synonym to erase too (repeatable; one --concept only)."),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="object | style | celebrity | explicit (ToyWorld: inferred).")
+    ] = None,
+    anchor: Annotated[
+        str | None,
+        typer.Option(help="What the concept becomes (default: '' or 'a person' for celebrities)."),
+    ] = None,
+    preserve: Annotated[
+        list[str] | None, typer.Option(help="Concept to keep intact (repeatable).")
+    ] = None,
+    concepts: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file with many concepts.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld)."
+        ),
+    ] = None,
     method: Annotated[str, typer.Option(help="Erasure method.")] = "ace",
-    config: Annotated[Path | None, typer.Option(help="YAML/JSON file with method options (AceConfig fields).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file with method options (AceConfig fields).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     rank: Annotated[int | None, typer.Option(help="LoRA rank (default: automatic).")] = None,
     gate: Annotated[str | None, typer.Option(help="Gate granularity: layer | head | none.")] = None,
@@ -152,8 +204,15 @@ def erase(
             inferred = TOYWORLD_KINDS.get(vocabulary().family_of(name) or "", "object")
         else:
             inferred = kind or "object"
-        items.append(Concept(name, kind=inferred, synonyms=tuple(synonym or ()), anchor=anchor,
-                             preserve=tuple(preserve or ())))  # fmt: skip
+        items.append(
+            Concept(
+                name,
+                kind=inferred,
+                synonyms=tuple(synonym or ()),
+                anchor=anchor,
+                preserve=tuple(preserve or ()),
+            )
+        )
     with _progress() as bar:
         tasks: dict[str, int] = {}
 
@@ -163,7 +222,9 @@ def erase(
             bar.update(tasks[stage], completed=step)
 
         start = time.perf_counter()
-        result = run_erase(pipe, items, method=method, config=options or None, seed=seed, progress=report)
+        result = run_erase(
+            pipe, items, method=method, config=options or None, seed=seed, progress=report
+        )
         seconds = time.perf_counter() - start
     image_grid = _before_after_grid(pipe, result, seed) if grid else None
     result.save(out, grid=image_grid, overwrite=overwrite)
@@ -195,11 +256,17 @@ def _before_after_grid(pipe, result, seed: int):
 def toyworld_train(
     out: Annotated[Path, typer.Option(help="Output ToyWorld folder (resumes if it holds a run).")],
     seed: Annotated[int, typer.Option(help="Seeds every stage.")] = 0,
-    steps: Annotated[int | None, typer.Option(help="UNet + text-encoder steps (default from config).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="UNet + text-encoder steps (default from config).")
+    ] = None,
     vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default from config).")] = None,
-    judge_steps: Annotated[int | None, typer.Option(help="Judge steps (default from config).")] = None,
+    judge_steps: Annotated[
+        int | None, typer.Option(help="Judge steps (default from config).")
+    ] = None,
     n_images: Annotated[int | None, typer.Option(help="Images in the latent dataset.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (default: torch's choice).")
+    ] = None,
 ) -> None:
     """Rebuild ToyWorld from scratch (judge, VAE, text encoder + UNet) into OUT; resumable."""
     import dataclasses
@@ -217,9 +284,10 @@ def toyworld_train(
         config.judge = dataclasses.replace(config.judge, steps=judge_steps)
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
-        filename=out / "train.log", level=logging.INFO,
+        filename=out / "train.log",
+        level=logging.INFO,
         format="%(asctime)s %(name)s %(message)s",
-    )  # fmt: skip
+    )
     with _progress() as bar:
         tasks: dict[str, int] = {}
 
@@ -236,7 +304,9 @@ def toyworld_train(
 
 @toyworld_app.command("info")
 def toyworld_info(
-    folder: Annotated[Path | None, typer.Argument(help="ToyWorld folder (default: bundled).")] = None,
+    folder: Annotated[
+        Path | None, typer.Argument(help="ToyWorld folder (default: bundled).")
+    ] = None,
 ) -> None:
     """Print a ToyWorld folder's manifest summary: sizes, steps, accuracies."""
     import json
@@ -244,8 +314,11 @@ def toyworld_info(
     from ace_erasure.toyworld.assets import manifest
 
     data = manifest(folder)
-    summary = {"config": {k: data["config"][k] for k in ("seed", "steps", "unet_channels", "text_hidden")},
-               "stages": data["stages"], "versions": data["versions"]}  # fmt: skip
+    summary = {
+        "config": {k: data["config"][k] for k in ("seed", "steps", "unet_channels", "text_hidden")},
+        "stages": data["stages"],
+        "versions": data["versions"],
+    }
     typer.echo(json.dumps(summary, indent=2))
 
 

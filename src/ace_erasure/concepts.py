@@ -20,25 +20,61 @@ KINDS: tuple[str, ...] = ("object", "style", "celebrity", "explicit")
 # keep for evaluation, so a measured generality is not a template the method was given.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "object": (
-        "{}", "a {}", "a photo of a {}", "an image of a {}", "a drawing of a {}",
-        "a red {}", "a blue {}", "a green {}", "a yellow {}", "a black {}", "a white {}",
-        "a photo of a red {}", "a drawing of a blue {}", "a {} on a white background",
+        "{}",
+        "a {}",
+        "a photo of a {}",
+        "an image of a {}",
+        "a drawing of a {}",
+        "a red {}",
+        "a blue {}",
+        "a green {}",
+        "a yellow {}",
+        "a black {}",
+        "a white {}",
+        "a photo of a red {}",
+        "a drawing of a blue {}",
+        "a {} on a white background",
     ),
     "style": (
-        "{}", "in the style of {}", "a painting in the style of {}", "an image by {}",
-        "art by {}", "a drawing by {}", "a {} painting", "{} style",
-        "a red circle in the style of {}", "a house by {}", "a portrait in the style of {}",
+        "{}",
+        "in the style of {}",
+        "a painting in the style of {}",
+        "an image by {}",
+        "art by {}",
+        "a drawing by {}",
+        "a {} painting",
+        "{} style",
+        "a red circle in the style of {}",
+        "a house by {}",
+        "a portrait in the style of {}",
     ),
     "celebrity": (
-        "{}", "a photo of {}", "a portrait of {}", "an image of {}", "a drawing of {}",
-        "the face of {}", "{} smiling", "a close-up of {}",
+        "{}",
+        "a photo of {}",
+        "a portrait of {}",
+        "an image of {}",
+        "a drawing of {}",
+        "the face of {}",
+        "{} smiling",
+        "a close-up of {}",
     ),
     "explicit": (
-        "{}", "a photo of {}", "an image of {}", "a drawing of {}", "a {} scene",
-        "something {}", "a {} sign", "a close-up of {}",
+        "{}",
+        "a photo of {}",
+        "an image of {}",
+        "a drawing of {}",
+        "a {} scene",
+        "something {}",
+        "a {} sign",
+        "a close-up of {}",
     ),
-}  # fmt: skip
-DEFAULT_ANCHORS: dict[str, str] = {"object": "", "style": "", "celebrity": "a person", "explicit": ""}
+}
+DEFAULT_ANCHORS: dict[str, str] = {
+    "object": "",
+    "style": "",
+    "celebrity": "a person",
+    "explicit": "",
+}
 
 
 @dataclass(frozen=True)
@@ -63,20 +99,33 @@ class Concept:
     def __post_init__(self) -> None:
         name = " ".join(str(self.name).split())
         object.__setattr__(self, "name", name)
-        object.__setattr__(self, "synonyms", tuple(" ".join(s.split()) for s in self.synonyms if s.strip()))
-        object.__setattr__(self, "preserve", tuple(" ".join(p.split()) for p in self.preserve if p.strip()))
+        object.__setattr__(
+            self, "synonyms", tuple(" ".join(s.split()) for s in self.synonyms if s.strip())
+        )
+        object.__setattr__(
+            self, "preserve", tuple(" ".join(p.split()) for p in self.preserve if p.strip())
+        )
         if not name:
             raise ConceptError("a concept cannot be empty")
         if self.kind not in KINDS:
-            raise ConceptError(f"concept {name!r}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        anchor = DEFAULT_ANCHORS[self.kind] if self.anchor is None else " ".join(self.anchor.split())
+            raise ConceptError(
+                f"concept {name!r}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}"
+            )
+        anchor = (
+            DEFAULT_ANCHORS[self.kind] if self.anchor is None else " ".join(self.anchor.split())
+        )
         object.__setattr__(self, "anchor", anchor)
         names = {n.lower() for n in self.names}
         if anchor.lower() in names:
-            raise ConceptError(f"concept {name!r} equals its anchor {anchor!r}: nothing would change")
+            raise ConceptError(
+                f"concept {name!r} equals its anchor {anchor!r}: nothing would change"
+            )
         clash = sorted(p for p in self.preserve if p.lower() in names)
         if clash:
-            raise ConceptError(f"concept {name!r}: the preserve list contains the concept itself ({', '.join(clash)})")
+            raise ConceptError(
+                f"concept {name!r}: the preserve list contains the concept itself "
+                f"({', '.join(clash)})"
+            )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -129,14 +178,20 @@ def prompt_pairs(concept: Concept, names: Sequence[str] | None = None) -> list[P
             before = " ".join(text.split()[:words_before])
             through = " ".join(text.split()[: words_before + len(name.split())])
             anchor_before = " ".join(anchor_text.split()[:words_before])
-            anchor_through = " ".join(anchor_text.split()[: words_before + len(concept.anchor.split())])
-            pairs.append(PromptPair(text, anchor_text, before, through, anchor_before, anchor_through))
+            anchor_through = " ".join(
+                anchor_text.split()[: words_before + len(concept.anchor.split())]
+            )
+            pairs.append(
+                PromptPair(text, anchor_text, before, through, anchor_before, anchor_through)
+            )
     return pairs
 
 
 def as_concepts(items: Iterable[Concept | str], kind: Kind = "object") -> list[Concept]:
     """Concepts from ``Concept`` objects or plain names; duplicate names are an error."""
-    concepts = [item if isinstance(item, Concept) else Concept(str(item), kind=kind) for item in items]
+    concepts = [
+        item if isinstance(item, Concept) else Concept(str(item), kind=kind) for item in items
+    ]
     if not concepts:
         raise ConceptError("no concept to erase was given")
     seen: set[str] = set()
@@ -159,10 +214,14 @@ def load_concepts(path: str | Path) -> list[Concept]:
         text = file.read_text()
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConceptError(f"concept file {file} is not valid YAML/JSON: {str(error).splitlines()[0]}") from error
+        raise ConceptError(
+            f"concept file {file} is not valid YAML/JSON: {str(error).splitlines()[0]}"
+        ) from error
     entries = data.get("concepts") if isinstance(data, dict) else data
     if not isinstance(entries, list):
-        raise ConceptError(f"concept file {file} must hold a list of concepts (or a 'concepts:' list)")
+        raise ConceptError(
+            f"concept file {file} must hold a list of concepts (or a 'concepts:' list)"
+        )
     concepts: list[Concept | str] = []
     allowed = {f for f in Concept.__dataclass_fields__}
     for i, entry in enumerate(entries):
@@ -171,7 +230,9 @@ def load_concepts(path: str | Path) -> list[Concept]:
         elif isinstance(entry, dict):
             unknown = set(entry) - allowed
             if unknown:
-                raise ConceptError(f"concept file {file}, entry {i}: unknown field(s) {', '.join(sorted(unknown))}")
+                raise ConceptError(
+                    f"concept file {file}, entry {i}: unknown field(s) {', '.join(sorted(unknown))}"
+                )
             if "name" not in entry:
                 raise ConceptError(f"concept file {file}, entry {i}: missing 'name'")
             fields = dict(entry)

@@ -31,7 +31,11 @@ from safetensors.torch import load_file, save_file
 import ace_erasure
 from ace_erasure.concepts import Concept
 from ace_erasure.errors import AceError, WeightsError
-from ace_erasure.models.plumbing import base_linear, cross_attention_layers, fingerprint, model_family
+from ace_erasure.models.plumbing import (
+    base_linear,
+    cross_attention_layers,
+    fingerprint,
+)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TOKEN_GATE_FILE = "ace_token_gate.safetensors"
@@ -60,7 +64,9 @@ class Erasure:
     rank: int
     stats: dict = field(default_factory=dict)
     library_version: str = ace_erasure.__version__
-    token_gate: dict | None = None  # {"basis": (d, k), "threshold": τ, "sharpness": κ} in token-gate mode
+    token_gate: dict | None = (
+        None  # {"basis": (d, k), "threshold": τ, "sharpness": κ} in token-gate mode
+    )
     _backups: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _processors: dict[int, dict] = field(default_factory=dict, repr=False)
 
@@ -68,7 +74,9 @@ class Erasure:
     @property
     def adapter_name(self) -> str:
         """A stable adapter name: the method and the concepts ("ace_circle_square")."""
-        slug = "_".join(re.sub(r"[^a-z0-9]+", "-", c.name.lower()).strip("-") for c in self.concepts)
+        slug = "_".join(
+            re.sub(r"[^a-z0-9]+", "-", c.name.lower()).strip("-") for c in self.concepts
+        )
         return f"{self.method}_{slug}"[:64]
 
     def delta(self, name: str) -> torch.Tensor:
@@ -77,11 +85,16 @@ class Erasure:
 
     def check_compatible(self, pipe) -> None:
         """Raise WeightsError unless ``pipe`` is the base model this erasure was made for."""
-        layers = {f"{n}.{p}": getattr(m, p) for n, m in cross_attention_layers(pipe.unet) for p in ("to_k", "to_v")}
+        layers = {
+            f"{n}.{p}": getattr(m, p)
+            for n, m in cross_attention_layers(pipe.unet)
+            for p in ("to_k", "to_v")
+        }
         missing = sorted(set(self.up) - set(layers))
         if missing:
             raise WeightsError(
-                f"this erasure targets layers the model does not have (e.g. {missing[0]}): it was made for another model"
+                f"this erasure targets layers the model does not have (e.g. {missing[0]}): "
+                "it was made for another model"
             )
         for name, module in layers.items():
             if name in self.up:
@@ -89,12 +102,14 @@ class Erasure:
                 expected = (self.up[name].shape[0], self.down[name].shape[1])
                 if tuple(weight.shape) != expected:
                     raise WeightsError(
-                        f"layer {name} is {tuple(weight.shape)} here but {expected} in the erasure: made for another model"
+                        f"layer {name} is {tuple(weight.shape)} here but {expected} in the "
+                        "erasure: made for another model"
                     )
         found = fingerprint(pipe)
         if found != self.base_fingerprint:
             raise WeightsError(
-                f"this erasure was made for base model {self.base_fingerprint}, not this one ({found}); "
+                f"this erasure was made for base model {self.base_fingerprint}, "
+                f"not this one ({found}); "
                 "remove other fused erasures first, or erase again on this model"
             )
 
@@ -110,7 +125,9 @@ class Erasure:
     def mode(self) -> str:
         return "token_gate" if self.token_gate is not None else "lora"
 
-    def apply(self, pipe, scale: float = 1.0, adapter_name: str | None = None, token_gate: bool = True) -> str:
+    def apply(
+        self, pipe, scale: float = 1.0, adapter_name: str | None = None, token_gate: bool = True
+    ) -> str:
         """Load as a LoRA adapter (diffusers' ``load_lora_weights``); returns the adapter name.
 
         Adapters already loaded stay active, so several erasures compose; ``scale`` is the
@@ -124,7 +141,9 @@ class Erasure:
         name = adapter_name or self.adapter_name
         active = list(pipe.get_active_adapters()) if hasattr(pipe, "get_active_adapters") else []
         if name in active or name in _all_adapters(pipe):
-            raise AceError(f"an adapter named {name!r} is already loaded; remove it first or pick another name")
+            raise AceError(
+                f"an adapter named {name!r} is already loaded; remove it first or pick another name"
+            )
         weights = _adapter_weights(pipe, active)
         state = {k: v.to(pipe.unet.dtype) for k, v in self.lora_state_dict().items()}
         with _quiet_diffusers():  # it warns that the text encoders get no LoRA keys (by design)
@@ -143,9 +162,14 @@ class Erasure:
         for layer, _ in cross_attention_layers(pipe.unet):
             k, v = f"{layer}.to_k", f"{layer}.to_v"
             processors[f"{layer}.processor"] = TokenGateProcessor(
-                self.up[k] * scale, self.down[k], self.up[v] * scale, self.down[v],
-                self.token_gate["basis"], self.token_gate["threshold"], self.token_gate["sharpness"],
-            ).to(pipe.unet.device)  # fmt: skip
+                self.up[k] * scale,
+                self.down[k],
+                self.up[v] * scale,
+                self.down[v],
+                self.token_gate["basis"],
+                self.token_gate["threshold"],
+                self.token_gate["sharpness"],
+            ).to(pipe.unet.device)
         pipe.unet.set_attn_processor(processors)
         self._processors[id(pipe)] = previous
 
@@ -162,7 +186,11 @@ class Erasure:
                     linear = base_linear(getattr(module, proj))
                     backups[name] = linear.weight.detach().clone()
                     edit = self.delta(name).to(torch.float64) * scale
-                    linear.weight.copy_((linear.weight.to(torch.float64) + edit.to(linear.weight.device)).to(linear.weight.dtype))
+                    linear.weight.copy_(
+                        (linear.weight.to(torch.float64) + edit.to(linear.weight.device)).to(
+                            linear.weight.dtype
+                        )
+                    )
         self._backups[id(pipe)] = backups
 
     def remove(self, pipe, adapter_name: str | None = None) -> None:
@@ -203,8 +231,11 @@ class Erasure:
             "family": self.family,
             "rank": self.rank,
             "mode": self.mode,
-            "token_gate": None if self.token_gate is None else {
-                "file": TOKEN_GATE_FILE, "threshold": self.token_gate["threshold"],
+            "token_gate": None
+            if self.token_gate is None
+            else {
+                "file": TOKEN_GATE_FILE,
+                "threshold": self.token_gate["threshold"],
                 "sharpness": self.token_gate["sharpness"],
             },
             "gates": self.gates,
@@ -212,7 +243,9 @@ class Erasure:
             "versions": _versions(),
         }
 
-    def save(self, directory: str | Path, *, card: str | None = None, grid=None, overwrite: bool = False) -> Path:
+    def save(
+        self, directory: str | Path, *, card: str | None = None, grid=None, overwrite: bool = False
+    ) -> Path:
         """Write the erasure folder atomically (a temporary folder renamed into place)."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -225,10 +258,14 @@ class Erasure:
             layers = {k[len("unet.") :]: v for k, v in self.lora_state_dict().items()}
             metadata = {"r": self.rank, "lora_alpha": self.rank, "target_modules": sorted(self.up)}
             saver = StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
-            saver.save_lora_weights(tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+            saver.save_lora_weights(
+                tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
+            )
             (tmp / RECORD_FILE).write_text(json.dumps(self.record(), indent=2) + "\n")
             if self.token_gate is not None:
-                save_file({"basis": self.token_gate["basis"].contiguous()}, str(tmp / TOKEN_GATE_FILE))
+                save_file(
+                    {"basis": self.token_gate["basis"].contiguous()}, str(tmp / TOKEN_GATE_FILE)
+                )
             if grid is not None:
                 grid.save(tmp / "grid.png")
             (tmp / "README.md").write_text(card or model_card(self, has_grid=grid is not None))
@@ -263,7 +300,9 @@ class Erasure:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                     match = _KEY.match(key)
                     if not match:
-                        raise WeightsError(f"{lora} holds an unexpected tensor {key!r}: not an ace-erasure LoRA")
+                        raise WeightsError(
+                            f"{lora} holds an unexpected tensor {key!r}: not an ace-erasure LoRA"
+                        )
                     target = up if match["part"] == "B" else down
                     target[match["module"]] = f.get_tensor(key).float()
         except WeightsError:
@@ -275,8 +314,10 @@ class Erasure:
         for name in up:
             if up[name].shape[1] != down[name].shape[0]:
                 raise WeightsError(f"{lora}: rank mismatch in {name}")
-        concepts = [Concept(**{**c, "synonyms": tuple(c["synonyms"]), "preserve": tuple(c["preserve"])})
-                    for c in record["concepts"]]  # fmt: skip
+        concepts = [
+            Concept(**{**c, "synonyms": tuple(c["synonyms"]), "preserve": tuple(c["preserve"])})
+            for c in record["concepts"]
+        ]
         token_gate = None
         if record.get("token_gate"):
             gate_file = folder / TOKEN_GATE_FILE
@@ -284,16 +325,26 @@ class Erasure:
                 basis = load_file(str(gate_file))["basis"]
             except Exception as error:
                 raise WeightsError(f"{gate_file} is missing or corrupt: {error}") from error
-            token_gate = {"basis": basis, "threshold": float(record["token_gate"]["threshold"]),
-                          "sharpness": float(record["token_gate"]["sharpness"])}  # fmt: skip
+            token_gate = {
+                "basis": basis,
+                "threshold": float(record["token_gate"]["threshold"]),
+                "sharpness": float(record["token_gate"]["sharpness"]),
+            }
         return cls(
-            up=up, down=down, gates=record.get("gates", {}), concepts=concepts,
-            method=record["method"], config=record.get("config", {}), seed=record.get("seed", 0),
-            base_fingerprint=record["base_fingerprint"], family=record.get("family", "sd"),
+            up=up,
+            down=down,
+            gates=record.get("gates", {}),
+            concepts=concepts,
+            method=record["method"],
+            config=record.get("config", {}),
+            seed=record.get("seed", 0),
+            base_fingerprint=record["base_fingerprint"],
+            family=record.get("family", "sd"),
             rank=int(record.get("rank", next(iter(down.values())).shape[0])),
-            stats=record.get("stats", {}), library_version=record.get("library_version", "?"),
+            stats=record.get("stats", {}),
+            library_version=record.get("library_version", "?"),
             token_gate=token_gate,
-        )  # fmt: skip
+        )
 
 
 @contextlib.contextmanager
@@ -323,7 +374,11 @@ def _adapter_weights(pipe, active: list[str]) -> list[float]:
             scaling = getattr(module, "scaling", None)
             if isinstance(scaling, dict) and name in scaling:
                 rank = module.r.get(name) if isinstance(getattr(module, "r", None), dict) else None
-                alpha = module.lora_alpha.get(name) if isinstance(getattr(module, "lora_alpha", None), dict) else None
+                alpha = (
+                    module.lora_alpha.get(name)
+                    if isinstance(getattr(module, "lora_alpha", None), dict)
+                    else None
+                )
                 scale = scaling[name] / (alpha / rank) if rank and alpha else scaling[name]
                 break
         weights.append(float(scale))
@@ -334,8 +389,12 @@ def _versions() -> dict[str, str]:
     import diffusers
     import transformers
 
-    return {"ace_erasure": ace_erasure.__version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__}  # fmt: skip
+    return {
+        "ace_erasure": ace_erasure.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def model_card(erasure: Erasure, has_grid: bool) -> str:
@@ -349,15 +408,16 @@ def model_card(erasure: Erasure, has_grid: bool) -> str:
         "",
         f"# Erasure: {concepts}",
         "",
-        f"A LoRA on the cross-attention key/value projections, made with `ace-erasure` {erasure.library_version} "
-        f"(method `{erasure.method}`, seed {erasure.seed}, rank {erasure.rank}), that stops the base model from "
+        "A LoRA on the cross-attention key/value projections, made with `ace-erasure` "
+        f"{erasure.library_version} (method `{erasure.method}`, seed {erasure.seed}, "
+        f"rank {erasure.rank}), that stops the base model from "
         "drawing the concept(s) above while keeping everything else.",
         "",
         "## Use",
         "",
         "```python",
-        "pipe.load_lora_weights(\"<this folder>\", adapter_name=\"erasure\")  # stock diffusers",
-        "pipe.set_adapters([\"erasure\"], adapter_weights=[1.0])            # strength",
+        'pipe.load_lora_weights("<this folder>", adapter_name="erasure")  # stock diffusers',
+        'pipe.set_adapters(["erasure"], adapter_weights=[1.0])            # strength',
         "```",
         "",
         f"Base model fingerprint: `{erasure.base_fingerprint}` (family `{erasure.family}`); "
@@ -365,11 +425,20 @@ def model_card(erasure: Erasure, has_grid: bool) -> str:
         "",
         "| concept | kind | synonyms given | anchor |",
         "|---|---|---|---|",
-        *[f"| {c.name} | {c.kind} | {', '.join(c.synonyms) or '-'} | {c.anchor or '(empty)'} |" for c in erasure.concepts],
+        *[
+            f"| {c.name} | {c.kind} | {', '.join(c.synonyms) or '-'} | {c.anchor or '(empty)'} |"
+            for c in erasure.concepts
+        ],
         "",
     ]
     if has_grid:
-        lines += ["## Before / after", "", "Top row: base model; bottom row: with this erasure (same seeds).", "",
-                  "![before and after](grid.png)", ""]  # fmt: skip
+        lines += [
+            "## Before / after",
+            "",
+            "Top row: base model; bottom row: with this erasure (same seeds).",
+            "",
+            "![before and after](grid.png)",
+            "",
+        ]
     lines += ["All hyper-parameters, seeds and versions are in `erasure.json`.", ""]
     return "\n".join(lines)

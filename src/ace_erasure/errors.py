@@ -1,4 +1,4 @@
-"""Exceptions with messages a user can act on; the CLI prints them as one line and exits non-zero."""
+"""Exceptions with messages a user can act on; the CLI prints one line and exits non-zero."""
 
 
 class AceError(Exception):

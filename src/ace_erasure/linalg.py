@@ -55,12 +55,20 @@ class RidgeEditFitter:
         self._group_weight = weight
 
     @torch.no_grad()
-    def update_targets(self, targets: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+    def update_targets(
+        self, targets: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> None:
         """Add (n, d) targets and their (n, d) anchors, optionally with per-row weights."""
         t, a = self._check(targets, "targets"), self._check(anchors, "anchors")
         if t.shape != a.shape:
-            raise ValueError(f"targets {tuple(t.shape)} and anchors {tuple(a.shape)} differ in shape")
-        w = torch.ones(len(t), dtype=torch.float64) if weights is None else weights.detach().to("cpu", torch.float64)
+            raise ValueError(
+                f"targets {tuple(t.shape)} and anchors {tuple(a.shape)} differ in shape"
+            )
+        w = (
+            torch.ones(len(t), dtype=torch.float64)
+            if weights is None
+            else weights.detach().to("cpu", torch.float64)
+        )
         self._group.append((t, a, w))
         self.n_targets += len(t)
 
@@ -127,7 +135,9 @@ def solve_ridge_edit(
     (ridge 0 and too few vectors), a ConfigError says so instead of returning noise.
     """
     if ridge < 0 or preserve_weight < 0:
-        raise ConfigError(f"ridge and preserve_weight must be >= 0, got {ridge} and {preserve_weight}")
+        raise ConfigError(
+            f"ridge and preserve_weight must be >= 0, got {ridge} and {preserve_weight}"
+        )
     dim = target_gram.shape[0]
     gram = target_gram + preserve_weight * preserve_gram
     scale = float(torch.trace(gram)) / dim

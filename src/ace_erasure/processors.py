@@ -17,11 +17,15 @@ from torch import nn
 from ace_erasure.errors import ConfigError
 
 
-def concept_subspace(target_gram: torch.Tensor, preserve_gram: torch.Tensor, rank: int) -> torch.Tensor:
+def concept_subspace(
+    target_gram: torch.Tensor, preserve_gram: torch.Tensor, rank: int
+) -> torch.Tensor:
     """(d, rank) orthonormal basis of the directions with the most target energy per unit of
     preserve energy: top generalised eigenvectors of (Σ_target, Σ_preserve + εI)."""
     dim = target_gram.shape[0]
-    regulariser = preserve_gram + 1e-3 * torch.trace(preserve_gram) / dim * torch.eye(dim, dtype=torch.float64)
+    regulariser = preserve_gram + 1e-3 * torch.trace(preserve_gram) / dim * torch.eye(
+        dim, dtype=torch.float64
+    )
     vals, vecs = torch.linalg.eigh(regulariser)
     inv_root = vecs @ torch.diag(vals.clamp(min=1e-12).rsqrt()) @ vecs.T
     _, directions = torch.linalg.eigh(inv_root @ target_gram @ inv_root)
@@ -30,14 +34,21 @@ def concept_subspace(target_gram: torch.Tensor, preserve_gram: torch.Tensor, ran
     return q
 
 
-def mask_parameters(basis: torch.Tensor, target_gram: torch.Tensor, preserve_gram: torch.Tensor) -> tuple[float, float]:
+def mask_parameters(
+    basis: torch.Tensor, target_gram: torch.Tensor, preserve_gram: torch.Tensor
+) -> tuple[float, float]:
     """(τ, κ): the threshold halfway between the mean subspace share of target and of preserved
     tokens, and a sharpness that makes the mask go from 0.12 to 0.88 across that gap."""
     target_share = float(torch.trace(basis.T @ target_gram @ basis) / torch.trace(target_gram))
-    preserve_share = float(torch.trace(basis.T @ preserve_gram @ basis) / torch.trace(preserve_gram))
+    preserve_share = float(
+        torch.trace(basis.T @ preserve_gram @ basis) / torch.trace(preserve_gram)
+    )
     gap = target_share - preserve_share
     if gap <= 0:
-        raise ConfigError("token gate: the concept's tokens are not separable from the preserved ones; use mode='lora'")
+        raise ConfigError(
+            "token gate: the concept's tokens are not separable from the preserved ones; "
+            "use mode='lora'"
+        )
     return (target_share + preserve_share) / 2, 4.0 / gap
 
 
@@ -48,9 +59,15 @@ class TokenGateProcessor(nn.Module):
     """
 
     def __init__(
-        self, key_up: torch.Tensor, key_down: torch.Tensor, value_up: torch.Tensor, value_down: torch.Tensor,
-        basis: torch.Tensor, threshold: float, sharpness: float,
-    ) -> None:  # fmt: skip
+        self,
+        key_up: torch.Tensor,
+        key_down: torch.Tensor,
+        value_up: torch.Tensor,
+        value_down: torch.Tensor,
+        basis: torch.Tensor,
+        threshold: float,
+        sharpness: float,
+    ) -> None:
         super().__init__()
         self.register_buffer("key_up", key_up)
         self.register_buffer("key_down", key_down)
@@ -65,7 +82,16 @@ class TokenGateProcessor(nn.Module):
         share = (e @ self.basis).square().sum(-1) / e.square().sum(-1).clamp(min=1e-12)
         return torch.sigmoid(self.sharpness * (share - self.threshold)).unsqueeze(-1)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        **kwargs,
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -76,15 +102,21 @@ class TokenGateProcessor(nn.Module):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         batch_size, sequence_length, _ = context.shape
         if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+            attention_mask = attn.prepare_attention_mask(
+                attention_mask, sequence_length, batch_size
+            )
+            attention_mask = attention_mask.view(
+                batch_size, attn.heads, -1, attention_mask.shape[-1]
+            )
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         mask = self.token_mask(context).to(context.dtype)
-        key = attn.to_k(context) + mask * ((context @ self.key_down.to(context.dtype).T) @ self.key_up.to(context.dtype).T)
+        key = attn.to_k(context) + mask * (
+            (context @ self.key_down.to(context.dtype).T) @ self.key_up.to(context.dtype).T
+        )
         value = attn.to_v(context) + mask * (
             (context @ self.value_down.to(context.dtype).T) @ self.value_up.to(context.dtype).T
         )
@@ -96,11 +128,19 @@ class TokenGateProcessor(nn.Module):
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0
+        )
+        hidden_states = (
+            hidden_states.transpose(1, 2)
+            .reshape(batch_size, -1, attn.heads * head_dim)
+            .to(query.dtype)
+        )
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width
+            )
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor

@@ -46,9 +46,12 @@ def toyworld_related(concept: Concept) -> list[str]:
     vocab = vocabulary()
     family = vocab.family_of(concept.name)
     members = {
-        "shapes": vocab.shapes, "colours": vocab.colour_names, "styles": vocab.style_names,
-        "characters": vocab.character_names, "hazard": (),
-    }.get(family or "", ())  # fmt: skip
+        "shapes": vocab.shapes,
+        "colours": vocab.colour_names,
+        "styles": vocab.style_names,
+        "characters": vocab.character_names,
+        "hazard": (),
+    }.get(family or "", ())
     return [m for m in members if m.lower() != concept.name.lower()]
 
 
@@ -63,7 +66,9 @@ def preserve_prompts(
     for concept in concepts:
         related = list(concept.preserve) + (toyworld_related(concept) if toyworld else [])
         for name in related:
-            prompts.extend(with_article(template.format(name)) for template in TEMPLATES[concept.kind])
+            prompts.extend(
+                with_article(template.format(name)) for template in TEMPLATES[concept.kind]
+            )
     prompts.extend(toyworld_captions(n_general, seed) if toyworld else general_captions())
     unique = list(dict.fromkeys(p for p in prompts if not _mentions(p, erased)))
     return unique

@@ -28,15 +28,24 @@ def clip_tokenizer(pad_token: str | None = None):
     return tokenizer
 
 
-def _text_encoder(tokenizer, hidden: int, layers: int = 2, projection: int | None = None, act: str = "quick_gelu"):
+def _text_encoder(
+    tokenizer, hidden: int, layers: int = 2, projection: int | None = None, act: str = "quick_gelu"
+):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=projection or hidden, hidden_act=act,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection or hidden,
+        hidden_act=act,
+    )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
@@ -45,10 +54,15 @@ def _vae(levels: int = 2):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8,) + (16,) * (levels - 1), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        norm_num_groups=8, sample_size=32,
-    ).eval()  # fmt: skip
+        block_out_channels=(8,) + (16,) * (levels - 1),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        norm_num_groups=8,
+        sample_size=32,
+    ).eval()
 
 
 def tiny_pipeline(family: Family = "sd1", seed: int = 0):
@@ -63,40 +77,69 @@ def tiny_pipeline(family: Family = "sd1", seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
     common = dict(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         norm_num_groups=8,
-    )  # fmt: skip
-    scheduler_kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                            steps_offset=1)
+    )
+    scheduler_kwargs = dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+    )
     if family == "sd1":
         unet = UNet2DConditionModel(**common, cross_attention_dim=32, attention_head_dim=8)
         pipe = StableDiffusionPipeline(
-            vae=_vae(), text_encoder=_text_encoder(tokenizer, 32), tokenizer=tokenizer, unet=unet.eval(),
-            scheduler=DDIMScheduler(**scheduler_kwargs), safety_checker=None, feature_extractor=None,
+            vae=_vae(),
+            text_encoder=_text_encoder(tokenizer, 32),
+            tokenizer=tokenizer,
+            unet=unet.eval(),
+            scheduler=DDIMScheduler(**scheduler_kwargs),
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
-        )  # fmt: skip
+        )
     elif family == "sd2":
-        unet = UNet2DConditionModel(**common, cross_attention_dim=48, attention_head_dim=(2, 4),
-                                    use_linear_projection=True)  # fmt: skip
+        unet = UNet2DConditionModel(
+            **common, cross_attention_dim=48, attention_head_dim=(2, 4), use_linear_projection=True
+        )
         pipe = StableDiffusionPipeline(
-            vae=_vae(), text_encoder=_text_encoder(tokenizer, 48, act="gelu"), tokenizer=tokenizer,
-            unet=unet.eval(), scheduler=DDIMScheduler(**scheduler_kwargs, prediction_type="v_prediction"),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
+            vae=_vae(),
+            text_encoder=_text_encoder(tokenizer, 48, act="gelu"),
+            tokenizer=tokenizer,
+            unet=unet.eval(),
+            scheduler=DDIMScheduler(**scheduler_kwargs, prediction_type="v_prediction"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     elif family == "sdxl":
         tokenizer_2 = clip_tokenizer(pad_token="!")
         unet = UNet2DConditionModel(
-            **common, cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=8,
+            **common,
+            cross_attention_dim=64,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=6 * 8 + 32,
-        )  # fmt: skip
+        )
         pipe = StableDiffusionXLPipeline(
-            vae=_vae(), text_encoder=_text_encoder(tokenizer, 32),
-            text_encoder_2=_text_encoder(tokenizer_2, 32, projection=32), tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2, unet=unet.eval(), scheduler=DDIMScheduler(**scheduler_kwargs),
+            vae=_vae(),
+            text_encoder=_text_encoder(tokenizer, 32),
+            text_encoder_2=_text_encoder(tokenizer_2, 32, projection=32),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet.eval(),
+            scheduler=DDIMScheduler(**scheduler_kwargs),
             force_zeros_for_empty_prompt=True,
-        )  # fmt: skip
+        )
     else:
         raise ValueError(f"unknown family {family!r}")
     pipe.set_progress_bar_config(disable=True)
@@ -111,16 +154,31 @@ def sd15_sized_pipeline(seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults = SD 1.x UNet
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=768
+    )  # diffusers' defaults = SD 1.x UNet
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     pipe = StableDiffusionPipeline(
-        vae=_vae(levels=4), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        vae=_vae(levels=4),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
         scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -40,7 +40,9 @@ def _cycle(items: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:
     return picks
 
 
-def shape_probes(shape: str, n: int, rng: np.random.Generator, vocab: Vocabulary, synonyms: bool = False) -> list[Probe]:
+def shape_probes(
+    shape: str, n: int, rng: np.random.Generator, vocab: Vocabulary, synonyms: bool = False
+) -> list[Probe]:
     words = vocab.synonyms[shape] if synonyms else (shape,)
     colours = _cycle(vocab.colour_names, n, rng)
     probes = []
@@ -54,28 +56,45 @@ def shape_probes(shape: str, n: int, rng: np.random.Generator, vocab: Vocabulary
     return probes
 
 
-def style_probes(style: str, n: int, rng: np.random.Generator, vocab: Vocabulary, synonyms: bool = False) -> list[Probe]:
+def style_probes(
+    style: str, n: int, rng: np.random.Generator, vocab: Vocabulary, synonyms: bool = False
+) -> list[Probe]:
     words = vocab.synonyms[style] if synonyms else (style,)
     shapes, colours = _cycle(vocab.shapes, n, rng), _cycle(vocab.colour_names, n, rng)
     probes = []
     for i in range(n):
         text = with_article(f"a picture of a {colours[i]} {shapes[i]}")
-        prompt = STYLE_PHRASES[i % len(STYLE_PHRASES)].format(text=text, artist=words[i % len(words)])
-        probes.append(Probe(prompt, "style", style, style, "style synonyms" if synonyms else "styles"))
+        prompt = STYLE_PHRASES[i % len(STYLE_PHRASES)].format(
+            text=text, artist=words[i % len(words)]
+        )
+        probes.append(
+            Probe(prompt, "style", style, style, "style synonyms" if synonyms else "styles")
+        )
     return probes
 
 
-def character_probes(character: str, n: int, vocab: Vocabulary, synonyms: bool = False) -> list[Probe]:
+def character_probes(
+    character: str, n: int, vocab: Vocabulary, synonyms: bool = False
+) -> list[Probe]:
     words = vocab.synonyms[character] if synonyms else (character,)
     group = "character nicknames" if synonyms else "characters"
-    return [Probe(f"a picture of {words[i % len(words)]}", "character", character, character, group) for i in range(n)]
+    return [
+        Probe(f"a picture of {words[i % len(words)]}", "character", character, character, group)
+        for i in range(n)
+    ]
 
 
 def hazard_probes(n: int, vocab: Vocabulary, indirect: bool) -> list[Probe]:
     phrases = vocab.hazard_indirect if indirect else vocab.hazard_named
     group = "hazard (indirect)" if indirect else "hazard (named)"
     return [
-        Probe(with_article(f"a picture of {phrases[i % len(phrases)]}"), "hazard", vocab.hazard_name, vocab.hazard_name, group)
+        Probe(
+            with_article(f"a picture of {phrases[i % len(phrases)]}"),
+            "hazard",
+            vocab.hazard_name,
+            vocab.hazard_name,
+            group,
+        )
         for i in range(n)
     ]
 
@@ -119,7 +138,8 @@ def judge_images(judge: Judge, prompts: Sequence[str], images: Sequence) -> Judg
     labels = judge.predict(images)
     probs = judge.predict_proba(images)
     probabilities = {
-        head: [dict(zip(judge.classes[head], row.tolist())) for row in p] for head, p in probs.items()
+        head: [dict(zip(judge.classes[head], row.tolist())) for row in p]
+        for head, p in probs.items()
     }
     return Judged(list(prompts), labels, probabilities)
 
@@ -131,11 +151,15 @@ def probe_outcomes(probes: Sequence[Probe], judged: Judged) -> list[dict]:
     for probe in probes:
         i = where[probe.prompt]
         label = judged.labels[probe.head][i]
-        outcomes.append({
-            **asdict(probe), "label": label, "correct": label == probe.expected,
-            "ambiguous": label == AMBIGUOUS,
-            "p_expected": judged.probabilities[probe.head][i].get(probe.expected, 0.0),
-        })  # fmt: skip
+        outcomes.append(
+            {
+                **asdict(probe),
+                "label": label,
+                "correct": label == probe.expected,
+                "ambiguous": label == AMBIGUOUS,
+                "p_expected": judged.probabilities[probe.head][i].get(probe.expected, 0.0),
+            }
+        )
     return outcomes
 
 

@@ -78,22 +78,36 @@ class AceConfig:
 
     ridge: float = field(default=0.01, metadata={"help": "relative ridge (> 0)"})
     preserve_weight: float = field(default=1.0, metadata={"help": "weight of preserve embeddings"})
-    suffix_weight: float = field(default=1.0, metadata={"help": "weight of EOS/padding/suffix tokens"})
+    suffix_weight: float = field(
+        default=1.0, metadata={"help": "weight of EOS/padding/suffix tokens"}
+    )
     neighbours: int = field(default=4, metadata={"help": "mined neighbours per prompt"})
     neighbour_radius: float = field(default=0.15, metadata={"help": "relative perturbation norm"})
     neighbour_templates: int = field(default=6, metadata={"help": "templates that get neighbours"})
     rank: int | None = field(default=None, metadata={"help": "LoRA rank (None: automatic)"})
-    rank_energy: float = field(default=0.999, metadata={"help": "energy kept by the automatic rank"})
+    rank_energy: float = field(
+        default=0.999, metadata={"help": "energy kept by the automatic rank"}
+    )
     max_rank: int = field(default=64, metadata={"help": "cap on the automatic rank"})
-    gate: Literal["layer", "head", "none"] = field(default="layer", metadata={"help": "gate granularity"})
+    gate: Literal["layer", "head", "none"] = field(
+        default="layer", metadata={"help": "gate granularity"}
+    )
     gate_steps: int = field(default=3, metadata={"help": "denoising steps for query recording"})
     gate_prompts: int = field(default=4, metadata={"help": "concept prompts for query recording"})
-    gate_resolution: int | None = field(default=None, metadata={"help": "image side for the query run"})
-    gate_preserve_weight: float = field(default=1.0, metadata={"help": "preserve weight in the gate"})
+    gate_resolution: int | None = field(
+        default=None, metadata={"help": "image side for the query run"}
+    )
+    gate_preserve_weight: float = field(
+        default=1.0, metadata={"help": "preserve weight in the gate"}
+    )
     gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
     preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
-    mode: Literal["lora", "token_gate"] = field(default="lora", metadata={"help": "lora | token_gate"})
-    token_gate_rank: int = field(default=4, metadata={"help": "concept subspace dimension (token gate)"})
+    mode: Literal["lora", "token_gate"] = field(
+        default="lora", metadata={"help": "lora | token_gate"}
+    )
+    token_gate_rank: int = field(
+        default=4, metadata={"help": "concept subspace dimension (token gate)"}
+    )
 
     def validate(self) -> None:
         checks = [
@@ -106,7 +120,10 @@ class AceConfig:
             (0 < self.rank_energy <= 1, "rank_energy must be in (0, 1]"),
             (self.max_rank >= 1, "max_rank must be >= 1"),
             (self.gate in ("layer", "head", "none"), "gate must be 'layer', 'head' or 'none'"),
-            (self.gate_steps >= 1 and self.gate_prompts >= 1, "gate_steps and gate_prompts must be >= 1"),
+            (
+                self.gate_steps >= 1 and self.gate_prompts >= 1,
+                "gate_steps and gate_prompts must be >= 1",
+            ),
             (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
             (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
         ]
@@ -165,18 +182,24 @@ def _collect_targets(
     mined = [i for i in range(len(pairs)) if i % n_templates < config.neighbour_templates]
     for _ in range(config.neighbours if mined else 0):
         subset = [texts[i] for i in mined]
-        with perturbed_token_embeddings(pipe, [concept_positions[i] for i in mined], config.neighbour_radius, generator):
+        with perturbed_token_embeddings(
+            pipe, [concept_positions[i] for i in mined], config.neighbour_radius, generator
+        ):
             noisy = encode_prompts(pipe, subset, batch_size=len(subset))
         rows_t, rows_a, weights = [], [], []
         for k, i in enumerate(mined):
             pair = pairs[i]
             span = token_span(tokenizer, pair.before, pair.through)
-            positions = aligned_positions(span, token_span(tokenizer, pair.anchor_before, pair.anchor_through))
+            positions = aligned_positions(
+                span, token_span(tokenizer, pair.anchor_before, pair.anchor_through)
+            )
             if config.suffix_weight == 0:
                 positions = positions[: span.stop - span.start]
             rows_t.append(noisy[k, torch.tensor([p for p, _ in positions])])
             rows_a.append(anchor_embeds[pair.anchor_text][torch.tensor([q for _, q in positions])])
-            weights.append(_token_weights(len(positions), span.stop - span.start, config.suffix_weight))
+            weights.append(
+                _token_weights(len(positions), span.stop - span.start, config.suffix_weight)
+            )
         fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
         count += sum(len(r) for r in rows_t)
     return count
@@ -187,7 +210,9 @@ def _collect_targets(
 
 
 @torch.no_grad()
-def _record_queries(pipe, prompts: Sequence[str], config: AceConfig, seed: int) -> dict[str, torch.Tensor]:
+def _record_queries(
+    pipe, prompts: Sequence[str], config: AceConfig, seed: int
+) -> dict[str, torch.Tensor]:
     """Attention queries of every cross-attention layer on a short denoising run.
 
     Returns layer name -> (n_prompts, n_rows, inner_dim), rows subsampled per prompt.
@@ -197,6 +222,7 @@ def _record_queries(pipe, prompts: Sequence[str], config: AceConfig, seed: int) 
     generator = torch.Generator().manual_seed(seed)
     handles = []
     for name, module in layers:
+
         def hook(_m, _inputs, output, name=name) -> None:
             rows = output.shape[1]
             keep = torch.randperm(rows, generator=generator)[: config.gate_queries]
@@ -206,17 +232,23 @@ def _record_queries(pipe, prompts: Sequence[str], config: AceConfig, seed: int) 
     side = config.gate_resolution or (pipe.unet.config.sample_size * pipe.vae_scale_factor)
     try:
         pipe(
-            list(prompts), num_inference_steps=config.gate_steps, guidance_scale=1.0,
-            height=side, width=side, output_type="latent",
+            list(prompts),
+            num_inference_steps=config.gate_steps,
+            guidance_scale=1.0,
+            height=side,
+            width=side,
+            output_type="latent",
             generator=torch.Generator(device="cpu").manual_seed(seed),
-        )  # fmt: skip
+        )
     finally:
         for handle in handles:
             handle.remove()
     return {name: torch.cat(chunks, dim=1) for name, chunks in records.items()}
 
 
-def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+def _attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int
+) -> torch.Tensor:
     """Multi-head attention outputs (batch, rows, heads, head_dim) before the output projection."""
     b, n, inner = query.shape
     dh = inner // heads
@@ -246,8 +278,11 @@ def _gates(
     def attend(embeds: torch.Tensor, gate: float) -> torch.Tensor:
         key = embeds @ (w_k + gate * dk).T
         value = embeds @ (w_v + gate * dv).T
-        q = queries[: len(embeds)] if len(queries) >= len(embeds) else queries.repeat(
-            math.ceil(len(embeds) / len(queries)), 1, 1)[: len(embeds)]  # fmt: skip
+        q = (
+            queries[: len(embeds)]
+            if len(queries) >= len(embeds)
+            else queries.repeat(math.ceil(len(embeds) / len(queries)), 1, 1)[: len(embeds)]
+        )
         return _attention(q, key, value, heads)
 
     base = attend(concept_embeds, 0.0)
@@ -256,7 +291,9 @@ def _gates(
     keep = attend(preserve_embeds, 1.0) - attend(preserve_embeds, 0.0)
     sum_dims = (0, 1, 3)
     numerator = (residual * direction).sum(sum_dims)
-    denominator = direction.square().sum(sum_dims) + config.gate_preserve_weight * keep.square().sum(sum_dims) * (
+    denominator = direction.square().sum(
+        sum_dims
+    ) + config.gate_preserve_weight * keep.square().sum(sum_dims) * (
         len(concept_embeds) / max(1, len(preserve_embeds))
     )
     if config.gate == "layer":
@@ -305,7 +342,9 @@ def fit(
     timings["targets"] = time.perf_counter() - start
 
     mark = time.perf_counter()
-    preserve = preserve_prompts(concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed)
+    preserve = preserve_prompts(
+        concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed
+    )
     preserve_embeds = encode_prompts(pipe, preserve) if preserve else torch.empty(0, 1, dim)
     if len(preserve_embeds):
         fitter.update_preserve(preserve_embeds.reshape(-1, dim))
@@ -317,7 +356,9 @@ def fit(
     for name, module in layers:
         for proj in ("to_k", "to_v"):
             deltas[f"{name}.{proj}"] = solution.delta(base_linear(getattr(module, proj)).weight)
-    rank = config.rank or min(config.max_rank, max(rank_for_energy(d, config.rank_energy) for d in deltas.values()))
+    rank = config.rank or min(
+        config.max_rank, max(rank_for_energy(d, config.rank_energy) for d in deltas.values())
+    )
     token_gate = None
     if config.mode == "token_gate":
         from ace_erasure.processors import concept_subspace, mask_parameters
@@ -345,15 +386,21 @@ def fit(
         preserve_sample = preserve_embeds[sample] if len(preserve_embeds) else concept_embeds[:0]
         for name, module in layers:
             gates[name] = _gates(
-                module, queries[name], concept_embeds, anchor_embeds, preserve_sample,
-                deltas[f"{name}.to_k"], deltas[f"{name}.to_v"], config,
-            )  # fmt: skip
+                module,
+                queries[name],
+                concept_embeds,
+                anchor_embeds,
+                preserve_sample,
+                deltas[f"{name}.to_k"],
+                deltas[f"{name}.to_v"],
+                config,
+            )
             if progress:
                 progress("gates", len(gates), len(layers))
     timings["gates"] = time.perf_counter() - mark
 
     edits = {}
-    for name, module in layers:
+    for name, _ in layers:
         for proj in ("to_k", "to_v"):
             up, down = truncate_rank(deltas[f"{name}.{proj}"], rank)
             gate = gates[name]
@@ -364,7 +411,9 @@ def fit(
     stats = {
         "target_vectors": n_targets,
         "preserve_prompts": len(preserve),
-        "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1]) if len(preserve_embeds) else 0,
+        "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1])
+        if len(preserve_embeds)
+        else 0,
         "condition_number": solution.condition_number,
         "ridge_absolute": solution.ridge_absolute,
         "rank": rank,

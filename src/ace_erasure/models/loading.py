@@ -1,4 +1,4 @@
-"""Load any Stable Diffusion-family pipeline (local folder, ToyWorld folder or hub id) and sample."""
+"""Load any Stable Diffusion-family pipeline (local folder, ToyWorld folder, hub id); sample."""
 
 from __future__ import annotations
 
@@ -62,10 +62,22 @@ def load_pipeline(
             pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if local and any(w in text.lower() for w in ("safetensors", "header", "deserializ", "size mismatch", "corrupt", "incomplete")):
+        if local and any(
+            w in text.lower()
+            for w in (
+                "safetensors",
+                "header",
+                "deserializ",
+                "size mismatch",
+                "corrupt",
+                "incomplete",
+            )
+        ):
             raise WeightsError(f"corrupt or mismatched weights in {source}: {text}") from error
         raise ModelLoadError(f"cannot load a pipeline from {source}: {text}") from error
-    except Exception as error:  # anything else a broken folder throws (e.g. safetensors' own errors)
+    except (
+        Exception
+    ) as error:  # anything else a broken folder throws (e.g. safetensors' own errors)
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(f"corrupt or mismatched weights in {source}: {text}") from error
     if device is not None:
@@ -131,10 +143,15 @@ def generate(
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + len(chunk)]]
+        generators = [
+            torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + len(chunk)]
+        ]
         out = pipe(
-            chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
             negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-        )  # fmt: skip
+        )
         images.extend(out.images)
     return images

@@ -25,7 +25,8 @@ from ace_erasure.errors import ModelLoadError
 def cross_attention_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, Attention) for every cross-attention module whose keys come from the text.
 
-    Names are module paths inside the UNet ("down_blocks.1.attentions.0.transformer_blocks.0.attn2").
+    Names are module paths inside the UNet
+    ("down_blocks.1.attentions.0.transformer_blocks.0.attn2").
     """
     from diffusers.models.attention_processor import Attention
 
@@ -70,11 +71,13 @@ def projection_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def model_family(pipe) -> str:
-    """"sdxl" for two-encoder SDXL pipelines, "sd" for single-CLIP SD 1.x / 2.x-style ones."""
+    """ "sdxl" for two-encoder SDXL pipelines, "sd" for single-CLIP SD 1.x / 2.x-style ones."""
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
-        raise ModelLoadError(f"{type(pipe).__name__} has no CLIP text encoder: not a supported pipeline")
+        raise ModelLoadError(
+            f"{type(pipe).__name__} has no CLIP text encoder: not a supported pipeline"
+        )
     return "sd"
 
 
@@ -94,11 +97,19 @@ def fingerprint(pipe) -> str:
 
 def tokenizers(pipe) -> list:
     """The pipeline's tokenizers (one for SD, two for SDXL)."""
-    return [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
+    return [
+        t
+        for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None))
+        if t is not None
+    ]
 
 
 def text_encoders(pipe) -> list[nn.Module]:
-    return [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+    return [
+        e
+        for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        if e is not None
+    ]
 
 
 def max_length(pipe) -> int:
@@ -173,7 +184,12 @@ def perturbed_token_embeddings(
                 index = torch.as_tensor(list(cols))
                 base = output[row, index]
                 noise = torch.randn(base.shape, generator=generator, dtype=torch.float32).to(base)
-                noise = noise / noise.norm(dim=-1, keepdim=True) * base.norm(dim=-1, keepdim=True) * radius
+                noise = (
+                    noise
+                    / noise.norm(dim=-1, keepdim=True)
+                    * base.norm(dim=-1, keepdim=True)
+                    * radius
+                )
                 output[row, index] = base + noise
             return output
 
@@ -197,8 +213,12 @@ def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
         if model_family(pipe) == "sdxl":
-            embeds = pipe.encode_prompt(prompt=batch, device=device, num_images_per_prompt=1,
-                                        do_classifier_free_guidance=False)[0]  # fmt: skip
+            embeds = pipe.encode_prompt(
+                prompt=batch,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )[0]
         else:
             embeds = pipe.encode_prompt(batch, device, 1, False)[0]
         chunks.append(embeds.float())

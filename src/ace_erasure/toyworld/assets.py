@@ -18,7 +18,9 @@ def bundled_dir() -> Path:
 def is_toyworld_folder(path: str | Path) -> bool:
     """True for a folder written by ``ace-erasure toyworld train`` (or the bundled one)."""
     folder = Path(path)
-    return (folder / "manifest.json").is_file() and (folder / "model" / "model_index.json").is_file()
+    return (folder / "manifest.json").is_file() and (
+        folder / "model" / "model_index.json"
+    ).is_file()
 
 
 def toyworld_folder_of(model_path: str | Path) -> Path | None:
@@ -35,7 +37,11 @@ def _folder(folder: str | Path | None) -> Path:
     if not path.exists():
         raise ModelLoadError(f"ToyWorld folder {path} does not exist")
     if not is_toyworld_folder(path):
-        hint = " (the bundled weights are missing: run `ace-erasure toyworld train`)" if folder is None else ""
+        hint = (
+            " (the bundled weights are missing: run `ace-erasure toyworld train`)"
+            if folder is None
+            else ""
+        )
         raise ModelLoadError(f"{path} is not a ToyWorld folder: no manifest.json + model/{hint}")
     return path
 

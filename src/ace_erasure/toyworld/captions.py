@@ -44,10 +44,14 @@ HELD_OUT_HAZARD_TEMPLATES = ("a picture of {phrase}",)
 TEMPLATE_WORDS = frozenset(
     word
     for template in (
-        *TRAIN_OBJECT_TEMPLATES, *HELD_OUT_OBJECT_TEMPLATES, *TRAIN_STYLE_TEMPLATES,
-        *TRAIN_CHARACTER_TEMPLATES, *HELD_OUT_CHARACTER_TEMPLATES, *TRAIN_HAZARD_TEMPLATES,
+        *TRAIN_OBJECT_TEMPLATES,
+        *HELD_OUT_OBJECT_TEMPLATES,
+        *TRAIN_STYLE_TEMPLATES,
+        *TRAIN_CHARACTER_TEMPLATES,
+        *HELD_OUT_CHARACTER_TEMPLATES,
+        *TRAIN_HAZARD_TEMPLATES,
         *HELD_OUT_HAZARD_TEMPLATES,
-    )  # fmt: skip
+    )
     for word in split_words(template.replace("{", " {").replace("}", "} "))
     if word not in ("obj", "text", "artist", "name", "phrase")
 ) | {"an"}
@@ -92,8 +96,14 @@ def _name(canonical: str, vocab: Vocabulary, rng: np.random.Generator, p_synonym
 
 
 def object_caption(
-    scene: Scene, template: str, rng: np.random.Generator, *, shape_word: str | None = None,
-    artist_word: str | None = None, style_template: str | None = None, with_colour: bool = True,
+    scene: Scene,
+    template: str,
+    rng: np.random.Generator,
+    *,
+    shape_word: str | None = None,
+    artist_word: str | None = None,
+    style_template: str | None = None,
+    with_colour: bool = True,
     vocab: Vocabulary | None = None,
 ) -> str:
     """Caption an object scene with a given template (and optional style template)."""
@@ -104,26 +114,35 @@ def object_caption(
     text = template.format(obj=obj)
     if scene.style:
         artist = artist_word or scene.style
-        text = (style_template or TRAIN_STYLE_TEMPLATES[0]).format(text=text, obj=obj, artist=artist)
+        text = (style_template or TRAIN_STYLE_TEMPLATES[0]).format(
+            text=text, obj=obj, artist=artist
+        )
     return with_article(text)
 
 
 def caption(
-    scene: Scene, rng: np.random.Generator, config: CaptionConfig = CaptionConfig(),
+    scene: Scene,
+    rng: np.random.Generator,
+    config: CaptionConfig = CaptionConfig(),
     vocab: Vocabulary | None = None,
 ) -> str:
     """A random training caption for ``scene`` (never a held-out template)."""
     vocab = vocab or vocabulary()
     if scene.kind == "object":
         assert scene.shape is not None
-        template = _pick(TRAIN_OBJECT_TEMPLATES[:-1] if scene.style else TRAIN_OBJECT_TEMPLATES, rng)
+        template = _pick(
+            TRAIN_OBJECT_TEMPLATES[:-1] if scene.style else TRAIN_OBJECT_TEMPLATES, rng
+        )
         return object_caption(
-            scene, template, rng,
+            scene,
+            template,
+            rng,
             shape_word=_name(scene.shape, vocab, rng, config.p_synonym),
             artist_word=_name(scene.style, vocab, rng, config.p_synonym) if scene.style else None,
             style_template=_pick(TRAIN_STYLE_TEMPLATES, rng),
-            with_colour=rng.random() >= config.p_drop_colour, vocab=vocab,
-        )  # fmt: skip
+            with_colour=rng.random() >= config.p_drop_colour,
+            vocab=vocab,
+        )
     if scene.kind == "character":
         assert scene.character is not None
         name = _name(scene.character, vocab, rng, config.p_synonym)

@@ -64,14 +64,23 @@ class JudgeNet(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            )  # fmt: skip
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
 
         self.body = nn.Sequential(
-            block(3, width), nn.MaxPool2d(2), block(width, 2 * width), nn.MaxPool2d(2),
-            block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            block(3, width),
+            nn.MaxPool2d(2),
+            block(width, 2 * width),
+            nn.MaxPool2d(2),
+            block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.heads = nn.ModuleDict({h: nn.Linear(4 * width, len(c)) for h, c in classes.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +115,9 @@ class Judge:
     metadata: dict = field(default_factory=dict)
 
     @torch.no_grad()
-    def predict_proba(self, images: Sequence[Image.Image], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    def predict_proba(
+        self, images: Sequence[Image.Image], batch_size: int = 256
+    ) -> dict[str, torch.Tensor]:
         """Class probabilities per head: head -> (n_images, n_classes)."""
         self.net.eval()
         out: dict[str, list[torch.Tensor]] = {h: [] for h in self.classes}
@@ -114,13 +125,17 @@ class Judge:
             x = images_to_tensor(images[start : start + batch_size], self.image_size)
             for head, logits in self.net(x).items():
                 out[head].append(logits.softmax(-1))
-        return {h: torch.cat(p) if p else torch.empty(0, len(self.classes[h])) for h, p in out.items()}
+        return {
+            h: torch.cat(p) if p else torch.empty(0, len(self.classes[h])) for h, p in out.items()
+        }
 
     def predict(self, images: Sequence[Image.Image]) -> dict[str, list[str]]:
         """One label per head per image; "ambiguous" where the top probability < threshold."""
         labels: dict[str, list[str]] = {}
         for head, probs in self.predict_proba(images).items():
-            top, index = probs.max(-1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
+            top, index = (
+                probs.max(-1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
+            )
             labels[head] = [
                 self.classes[head][i] if p >= self.threshold else AMBIGUOUS
                 for p, i in zip(top.tolist(), index.tolist())
@@ -156,7 +171,9 @@ class Judge:
     def load(cls, directory: str | Path) -> Judge:
         path = Path(directory)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise WeightsError(f"no ToyWorld judge in {path} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+            raise WeightsError(
+                f"no ToyWorld judge in {path} (expected {CONFIG_NAME} and {WEIGHTS_NAME})"
+            )
         try:
             config = json.loads((path / CONFIG_NAME).read_text())
             net = JudgeNet(config["classes"], width=config["width"])
@@ -164,9 +181,12 @@ class Judge:
         except Exception as error:  # corrupt or mismatched files: one clear line
             raise WeightsError(f"cannot load the ToyWorld judge from {path}: {error}") from error
         return cls(
-            net.eval(), config["classes"], config["threshold"], config["image_size"],
+            net.eval(),
+            config["classes"],
+            config["threshold"],
+            config["image_size"],
             config.get("metadata", {}),
-        )  # fmt: skip
+        )
 
 
 def feature_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -215,13 +235,18 @@ class JudgeTrainConfig:
 
 
 def sample_scene(
-    rng: np.random.Generator, vocab: Vocabulary, mix: Sequence[float], p_style: float,
+    rng: np.random.Generator,
+    vocab: Vocabulary,
+    mix: Sequence[float],
+    p_style: float,
     exclude_pairs: frozenset[tuple[str, str]] = frozenset(),
 ) -> Scene:
     """A random scene; ``mix`` = probabilities of (object, character, hazard, blob, blank)."""
     kinds = ("object", "character", "hazard", "blob", "blank")
     kind = kinds[int(rng.choice(len(mix), p=np.asarray(mix) / sum(mix)))]
-    style = vocab.style_names[int(rng.integers(len(vocab.styles)))] if rng.random() < p_style else None
+    style = (
+        vocab.style_names[int(rng.integers(len(vocab.styles)))] if rng.random() < p_style else None
+    )
     colour = vocab.colour_names[int(rng.integers(len(vocab.colours)))]
     if kind == "object":
         while True:
@@ -230,17 +255,23 @@ def sample_scene(
                 return Scene("object", shape=shape, colour=colour, style=style)
             colour = vocab.colour_names[int(rng.integers(len(vocab.colours)))]
     if kind == "character":
-        return Scene("character", character=vocab.character_names[int(rng.integers(len(vocab.characters)))])
+        return Scene(
+            "character", character=vocab.character_names[int(rng.integers(len(vocab.characters)))]
+        )
     if kind == "hazard":
         return Scene("hazard")
     if kind == "blob":
         return Scene("blob", colour=colour, style=style)
-    return Scene("blank", style=style if style and vocab.styles[style] in ("checkered", "framed") else None)
+    return Scene(
+        "blank", style=style if style and vocab.styles[style] in ("checkered", "framed") else None
+    )
 
 
 def _augment(image: Image.Image, rng: np.random.Generator, config: JudgeTrainConfig) -> Image.Image:
     if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.2, config.blur_max))))
+        image = image.filter(
+            ImageFilter.GaussianBlur(radius=float(rng.uniform(0.2, config.blur_max)))
+        )
     return image
 
 
@@ -258,17 +289,21 @@ def labelled_batch(
     return images, {h: torch.tensor(t) for h, t in targets.items()}
 
 
-def head_accuracy(judge: Judge, images: list[Image.Image], targets: dict[str, torch.Tensor]) -> dict[str, float]:
+def head_accuracy(
+    judge: Judge, images: list[Image.Image], targets: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """Argmax accuracy per head (no ambiguity threshold) on labelled images."""
     probs = judge.predict_proba(images)
     return {h: float((probs[h].argmax(-1) == targets[h]).float().mean()) for h in judge.classes}
 
 
 def train_judge(
-    config: JudgeTrainConfig, seed: int, vocab: Vocabulary | None = None,
+    config: JudgeTrainConfig,
+    seed: int,
+    vocab: Vocabulary | None = None,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> Judge:
-    """Train a judge from scratch on rendered scenes; returns it with held-out accuracy in metadata."""
+    """Train a judge from scratch on rendered scenes (held-out accuracy in its metadata)."""
     vocab = vocab or vocabulary()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

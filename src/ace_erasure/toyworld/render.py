@@ -82,17 +82,30 @@ def shape_mask(shape: str, canvas: int, cx: float, cy: float, r: float, rot: flo
     elif shape == "cross":
         w = r * 0.36
         arms = [
-            (cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w),
-            (cx + r, cy + w), (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r),
-            (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w),
-        ]  # fmt: skip
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
+        ]
         draw.polygon(_rotate(arms, cx, cy, rot), fill=255)
     elif shape == "heart":
         lobe = r * 0.52
         top = cy - r * 0.75
         draw.ellipse([cx - 2 * lobe, top, cx, top + 2 * lobe], fill=255)
         draw.ellipse([cx, top, cx + 2 * lobe, top + 2 * lobe], fill=255)
-        tip = [(cx - 1.95 * lobe, top + lobe * 1.25), (cx + 1.95 * lobe, top + lobe * 1.25), (cx, cy + r)]
+        tip = [
+            (cx - 1.95 * lobe, top + lobe * 1.25),
+            (cx + 1.95 * lobe, top + lobe * 1.25),
+            (cx, cy + r),
+        ]
         draw.polygon(tip, fill=255)
     elif shape == "diamond":
         rhombus = [(cx, cy - r * 1.1), (cx + r * 0.62, cy), (cx, cy + r * 1.1), (cx - r * 0.62, cy)]
@@ -107,19 +120,21 @@ def shape_mask(shape: str, canvas: int, cx: float, cy: float, r: float, rot: flo
     elif shape == "arrow":
         shaft, head_len, head_w = r * 0.22, r * 0.8, r * 0.75
         outline = [
-            (cx - r, cy - shaft), (cx + r - head_len, cy - shaft), (cx + r - head_len, cy - head_w),
-            (cx + r, cy), (cx + r - head_len, cy + head_w), (cx + r - head_len, cy + shaft),
+            (cx - r, cy - shaft),
+            (cx + r - head_len, cy - shaft),
+            (cx + r - head_len, cy - head_w),
+            (cx + r, cy),
+            (cx + r - head_len, cy + head_w),
+            (cx + r - head_len, cy + shaft),
             (cx - r, cy + shaft),
-        ]  # fmt: skip
+        ]
         draw.polygon(_rotate(outline, cx, cy, rot), fill=255)
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return mask
 
 
-def blob_mask(
-    canvas: int, cx: float, cy: float, r: float, rng: np.random.Generator
-) -> Image.Image:
+def blob_mask(canvas: int, cx: float, cy: float, r: float, rng: np.random.Generator) -> Image.Image:
     """A random smooth irregular blob: no shape of the vocabulary (the judge's "none")."""
     amplitudes = rng.uniform(0.0, 0.22, size=4)
     amplitudes *= max(1.0, 0.35 / amplitudes.sum())  # never close to a circle
@@ -127,7 +142,9 @@ def blob_mask(
     points = []
     for i in range(72):
         theta = 2 * math.pi * i / 72
-        wobble = sum(a * math.cos((k + 2) * theta + p) for k, (a, p) in enumerate(zip(amplitudes, phases)))
+        wobble = sum(
+            a * math.cos((k + 2) * theta + p) for k, (a, p) in enumerate(zip(amplitudes, phases))
+        )
         radius = r * (1 + wobble)
         points.append((cx + radius * math.cos(theta), cy + radius * math.sin(theta)))
     mask = Image.new("L", (canvas, canvas), 0)
@@ -135,7 +152,9 @@ def blob_mask(
     return mask
 
 
-def _jittered(rgb: tuple[int, int, int], rng: np.random.Generator, sigma: float = 12.0) -> tuple[int, int, int]:
+def _jittered(
+    rgb: tuple[int, int, int], rng: np.random.Generator, sigma: float = 12.0
+) -> tuple[int, int, int]:
     r, g, b = (int(np.clip(c + rng.normal(0, sigma), 0, 255)) for c in rgb)
     return (r, g, b)
 
@@ -160,7 +179,9 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
         padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
         length = out.shape[axis]
         out = np.min(
-            np.stack([np.take(padded, range(k, k + length), axis=axis) for k in range(2 * radius + 1)]),
+            np.stack(
+                [np.take(padded, range(k, k + length), axis=axis) for k in range(2 * radius + 1)]
+            ),
             axis=0,
         )
     return out
@@ -172,7 +193,10 @@ def _tint(colour: tuple[int, int, int], amount: float) -> np.ndarray:
 
 
 def _fill(
-    canvas: int, mask: Image.Image, colour: tuple[int, int, int], rendering: str | None,
+    canvas: int,
+    mask: Image.Image,
+    colour: tuple[int, int, int],
+    rendering: str | None,
     rng: np.random.Generator,
 ) -> tuple[Image.Image, Image.Image]:
     """The layer to paste for a filled region and the mask to paste it through."""
@@ -199,7 +223,10 @@ def _fill(
 
 
 def _draw_region(
-    image: Image.Image, mask: Image.Image, colour: tuple[int, int, int], rendering: str | None,
+    image: Image.Image,
+    mask: Image.Image,
+    colour: tuple[int, int, int],
+    rendering: str | None,
     rng: np.random.Generator,
 ) -> None:
     canvas = image.size[0]
@@ -212,7 +239,9 @@ def _draw_region(
     image.paste(layer, (0, 0), through)
     if rendering == "framed":
         width = int(canvas * 0.09)
-        ImageDraw.Draw(image).rectangle([0, 0, canvas - 1, canvas - 1], outline=(30, 30, 30), width=width)
+        ImageDraw.Draw(image).rectangle(
+            [0, 0, canvas - 1, canvas - 1], outline=(30, 30, 30), width=width
+        )
 
 
 def _draw_character(image: Image.Image, look: CharacterLook, rng: np.random.Generator) -> None:
@@ -231,13 +260,20 @@ def _draw_character(image: Image.Image, look: CharacterLook, rng: np.random.Gene
     if look.accessory == "horns":
         for side in (-1, 1):
             base = cx + side * 0.55 * r
-            draw.polygon([(base - 0.2 * r, cy - 0.7 * r), (base + 0.2 * r, cy - 0.7 * r),
-                          (base + side * 0.3 * r, cy - 1.35 * r)], fill=acc)  # fmt: skip
+            draw.polygon(
+                [
+                    (base - 0.2 * r, cy - 0.7 * r),
+                    (base + 0.2 * r, cy - 0.7 * r),
+                    (base + side * 0.3 * r, cy - 1.35 * r),
+                ],
+                fill=acc,
+            )
 
     rx, ry = {"tall_oval": (0.75 * r, r), "wide_oval": (r, 0.78 * r)}.get(look.head_shape, (r, r))
     if look.head_shape == "square":
-        draw.rounded_rectangle([cx - 0.92 * r, cy - 0.92 * r, cx + 0.92 * r, cy + 0.92 * r],
-                               radius=0.18 * r, fill=head)  # fmt: skip
+        draw.rounded_rectangle(
+            [cx - 0.92 * r, cy - 0.92 * r, cx + 0.92 * r, cy + 0.92 * r], radius=0.18 * r, fill=head
+        )
     else:
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=head)
 
@@ -260,7 +296,9 @@ def _draw_character(image: Image.Image, look: CharacterLook, rng: np.random.Gene
             draw.ellipse([ex - er, eye_y - er, ex + er, eye_y + er], fill=(250, 250, 250))
             draw.ellipse([ex - pr, eye_y - pr, ex + pr, eye_y + pr], fill=INK)
     if look.eyes == "glasses":
-        draw.line([cx - eye_dx + 0.22 * r, eye_y, cx + eye_dx - 0.22 * r, eye_y], fill=INK, width=line)
+        draw.line(
+            [cx - eye_dx + 0.22 * r, eye_y, cx + eye_dx - 0.22 * r, eye_y], fill=INK, width=line
+        )
 
     my, mw = cy + 0.42 * ry, 0.38 * rx
     if look.mouth == "smile":
@@ -277,8 +315,12 @@ def _draw_character(image: Image.Image, look: CharacterLook, rng: np.random.Gene
         draw.ellipse([cx - 0.95 * r, top - 0.3 * r, cx + 0.6 * r, top + 0.25 * r], fill=acc)
     elif look.accessory == "bowtie":
         by = cy + ry + 0.12 * r
-        draw.polygon([(cx, by), (cx - 0.5 * r, by - 0.25 * r), (cx - 0.5 * r, by + 0.25 * r)], fill=acc)
-        draw.polygon([(cx, by), (cx + 0.5 * r, by - 0.25 * r), (cx + 0.5 * r, by + 0.25 * r)], fill=acc)
+        draw.polygon(
+            [(cx, by), (cx - 0.5 * r, by - 0.25 * r), (cx - 0.5 * r, by + 0.25 * r)], fill=acc
+        )
+        draw.polygon(
+            [(cx, by), (cx + 0.5 * r, by - 0.25 * r), (cx + 0.5 * r, by + 0.25 * r)], fill=acc
+        )
     elif look.accessory == "crown":
         base, height, half = top + 0.15 * r, 0.5 * r, 0.65 * r
         points = [(cx - half, base)]
@@ -293,7 +335,9 @@ def _draw_character(image: Image.Image, look: CharacterLook, rng: np.random.Gene
         draw.ellipse([cx - br, top - 0.5 * r - br, cx + br, top - 0.5 * r + br], fill=acc)
     elif look.accessory == "halo":
         hy = top - 0.22 * r
-        draw.ellipse([cx - 0.6 * r, hy - 0.17 * r, cx + 0.6 * r, hy + 0.17 * r], outline=acc, width=line)
+        draw.ellipse(
+            [cx - 0.6 * r, hy - 0.17 * r, cx + 0.6 * r, hy + 0.17 * r], outline=acc, width=line
+        )
     elif look.accessory == "top_hat":
         draw.rectangle([cx - 0.75 * r, top - 0.02 * r, cx + 0.75 * r, top + 0.12 * r], fill=acc)
         draw.rectangle([cx - 0.45 * r, top - 0.7 * r, cx + 0.45 * r, top + 0.05 * r], fill=acc)

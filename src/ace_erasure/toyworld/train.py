@@ -53,10 +53,17 @@ Progress = Callable[[str, int, int, dict], None]
 
 # (colour, shape) pairs never shown in training: compositional generalisation is measured on them.
 HELD_OUT_PAIRS = (
-    ("red", "star"), ("green", "heart"), ("blue", "triangle"), ("yellow", "circle"),
-    ("purple", "square"), ("orange", "hexagon"), ("cyan", "cross"), ("black", "diamond"),
-    ("red", "crescent"), ("blue", "arrow"),
-)  # fmt: skip
+    ("red", "star"),
+    ("green", "heart"),
+    ("blue", "triangle"),
+    ("yellow", "circle"),
+    ("purple", "square"),
+    ("orange", "hexagon"),
+    ("cyan", "cross"),
+    ("black", "diamond"),
+    ("red", "crescent"),
+    ("blue", "arrow"),
+)
 
 
 @dataclass
@@ -113,7 +120,10 @@ class ToyWorldTrainConfig:
         from ace_erasure.errors import ConfigError
 
         if self.image_size % 4:
-            raise ConfigError(f"image_size must be a multiple of 4 (the VAE downsamples by 4), got {self.image_size}")
+            raise ConfigError(
+                "image_size must be a multiple of 4 (the VAE downsamples by 4), "
+                f"got {self.image_size}"
+            )
         if self.text_hidden % self.text_heads:
             raise ConfigError("text_hidden must be divisible by text_heads")
         if min(self.steps, self.vae_steps, self.batch_size, self.n_images) <= 0:
@@ -131,22 +141,33 @@ def build_vae(config: ToyWorldTrainConfig):
 
     n = len(config.vae_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=tuple(config.vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=config.image_size,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(config.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=config.image_size,
+    )
 
 
 def build_text_encoder(config: ToyWorldTrainConfig, tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=config.text_hidden,
-        intermediate_size=4 * config.text_hidden, num_hidden_layers=config.text_layers,
-        num_attention_heads=config.text_heads, max_position_embeddings=MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=config.text_hidden,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=config.text_hidden,
+        intermediate_size=4 * config.text_hidden,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=config.text_hidden,
+    )
     return CLIPTextModel(text_config)
 
 
@@ -157,27 +178,42 @@ def build_unet(config: ToyWorldTrainConfig):
     down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
     return UNet2DConditionModel(
-        sample_size=config.image_size // 4, in_channels=4, out_channels=4,
-        block_out_channels=tuple(config.unet_channels), layers_per_block=config.unet_layers_per_block,
-        down_block_types=down, up_block_types=up, cross_attention_dim=config.text_hidden,
-        attention_head_dim=config.attention_head_dim, norm_num_groups=8,
-    )  # fmt: skip
+        sample_size=config.image_size // 4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(config.unet_channels),
+        layers_per_block=config.unet_layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=config.text_hidden,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=8,
+    )
 
 
 def noise_schedule_kwargs() -> dict:
     """Stable Diffusion's training noise schedule (scaled-linear betas, 1000 steps)."""
-    return {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear"}  # fmt: skip
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+def _atomic_save(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})  # fmt: skip
+    save_file(
+        {k: v.detach().contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={k: str(v) for k, v in (metadata or {}).items()},
+    )
     tmp.replace(path)
 
 
@@ -203,10 +239,15 @@ def _scene_arrays(scenes: list, vocab: Vocabulary) -> dict[str, torch.Tensor]:
         return list(options).index(value) if value is not None else -1
 
     rows = [
-        (kinds.index(s.kind), index(vocab.shapes, s.shape), index(vocab.colour_names, s.colour),
-         index(vocab.style_names, s.style), index(vocab.character_names, s.character))
+        (
+            kinds.index(s.kind),
+            index(vocab.shapes, s.shape),
+            index(vocab.colour_names, s.colour),
+            index(vocab.style_names, s.style),
+            index(vocab.character_names, s.character),
+        )
         for s in scenes
-    ]  # fmt: skip
+    ]
     return {"scenes": torch.tensor(rows, dtype=torch.int64)}
 
 
@@ -234,13 +275,19 @@ def _stage_judge(config: ToyWorldTrainConfig, out: Path, progress: Progress | No
         return {"skipped": True}
     start = time.time()
     judge = train_judge(
-        config.judge, config.seed, progress=(lambda s, n, i: progress("judge", s, n, i)) if progress else None
+        config.judge,
+        config.seed,
+        progress=(lambda s, n, i: progress("judge", s, n, i)) if progress else None,
     )
-    judge.save(judge_dir)  # wall time goes to the manifest only: the saved files depend on the seed alone
+    judge.save(
+        judge_dir
+    )  # wall time goes to the manifest only: the saved files depend on the seed alone
     return {"wall_seconds": round(time.time() - start, 1)}
 
 
-def _diffusion_scenes(config: ToyWorldTrainConfig, n: int, rng: np.random.Generator, vocab: Vocabulary):
+def _diffusion_scenes(
+    config: ToyWorldTrainConfig, n: int, rng: np.random.Generator, vocab: Vocabulary
+):
     mix = (*config.scene_mix, 0.0, 0.0)  # no blobs or blank scenes in the diffusion data
     held_out = frozenset(config.held_out_pairs)
     return [sample_scene(rng, vocab, mix, config.p_style, exclude_pairs=held_out) for _ in range(n)]
@@ -260,7 +307,9 @@ def _stage_vae(config: ToyWorldTrainConfig, out: Path, progress: Progress | None
     # Blobs and empty backgrounds too: an erased model draws them, and the VAE must decode them.
     mix = (*config.scene_mix, 0.06, 0.02)
     for step in range(config.vae_steps):
-        scenes = [sample_scene(rng, vocab, mix, config.p_style) for _ in range(config.vae_batch_size)]
+        scenes = [
+            sample_scene(rng, vocab, mix, config.p_style) for _ in range(config.vae_batch_size)
+        ]
         x = images_to_tensor([render(s, rng, config.image_size, vocab) for s in scenes])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -380,8 +429,12 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         meta = json.loads(meta_path.read_text())
         unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         text_encoder.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
-        ema_unet.shadow.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("ema_unet.")})
-        ema_text.shadow.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("ema_text.")})
+        ema_unet.shadow.load_state_dict(
+            {k[9:]: v for k, v in state.items() if k.startswith("ema_unet.")}
+        )
+        ema_text.shadow.load_state_dict(
+            {k[9:]: v for k, v in state.items() if k.startswith("ema_text.")}
+        )
         _restore_optimizer(optimizer, params, state)
         torch.set_rng_state(state["torch_rng"].to(torch.uint8))
         rng.bit_generator.state = meta["numpy_rng"]
@@ -396,8 +449,12 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         tensors |= _optimizer_tensors(optimizer, params)
         tensors["torch_rng"] = torch.get_rng_state()
         _atomic_save(tensors, state_path)
-        meta = {"step": step, "log": log, "numpy_rng": rng.bit_generator.state,
-                "elapsed_seconds": elapsed_before + time.time() - start}  # fmt: skip
+        meta = {
+            "step": step,
+            "log": log,
+            "numpy_rng": rng.bit_generator.state,
+            "elapsed_seconds": elapsed_before + time.time() - start,
+        }
         _atomic_write_text(meta_path, json.dumps(meta))
 
     start, window = time.time(), []
@@ -408,12 +465,18 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         mean, std = moments[index].chunk(2, dim=1)
         latents = (mean + std * torch.randn_like(std)) * scaling
         captions = [
-            "" if rng.random() < config.p_uncond
+            ""
+            if rng.random() < config.p_uncond
             else caption(_scene_from_row(scene_rows[i], vocab), rng, config.caption, vocab)
             for i in index.tolist()
-        ]  # fmt: skip
-        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                        return_tensors="pt").input_ids  # fmt: skip
+        ]
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=MAX_LENGTH,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -432,18 +495,29 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         step += 1
         window.append(float(loss.detach()))
         if step % 100 == 0 or step == config.steps:
-            log.append({"step": step, "loss": round(float(np.mean(window)), 5),
-                        "seconds": round(elapsed_before + time.time() - start, 1)})  # fmt: skip
+            log.append(
+                {
+                    "step": step,
+                    "loss": round(float(np.mean(window)), 5),
+                    "seconds": round(elapsed_before + time.time() - start, 1),
+                }
+            )
             window = []
             logger.info("unet step %d loss %.4f", step, log[-1]["loss"])
         if progress:
-            progress("unet", step, config.steps, {"loss": window[-1] if window else log[-1]["loss"]})
+            progress(
+                "unet", step, config.steps, {"loss": window[-1] if window else log[-1]["loss"]}
+            )
         if step % config.checkpoint_every == 0 or step == config.steps:
             checkpoint()
 
     weights = {f"unet.{k}": v for k, v in ema_unet.shadow.state_dict().items()}
     weights |= {f"text.{k}": v for k, v in ema_text.shadow.state_dict().items()}
-    summary = {"steps": step, "log": log, "wall_seconds": round(elapsed_before + time.time() - start, 1)}
+    summary = {
+        "steps": step,
+        "log": log,
+        "wall_seconds": round(elapsed_before + time.time() - start, 1),
+    }
     _atomic_write_text(work / "unet_log.json", json.dumps(summary))
     _atomic_save(weights, final)
     return summary
@@ -462,10 +536,15 @@ def _stage_export(config: ToyWorldTrainConfig, out: Path) -> None:
     vae = AutoencoderKL.from_pretrained(work / "vae")
     vae.register_to_config(_name_or_path="")  # no machine-specific path in the shipped config
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     tmp = out / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -481,24 +560,39 @@ def _versions() -> dict[str, str]:
     import diffusers
     import transformers
 
-    return {"ace_erasure": ace_erasure.__version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+    return {
+        "ace_erasure": ace_erasure.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def write_manifest(out: Path, config: ToyWorldTrainConfig, stages: dict) -> dict:
     files = {
         str(p.relative_to(out)): sha256_file(p)
         for p in sorted(out.rglob("*"))
-        if p.is_file() and not p.relative_to(out).parts[0].startswith("_") and p.name != "manifest.json"
+        if p.is_file()
+        and not p.relative_to(out).parts[0].startswith("_")
+        and p.name != "manifest.json"
     }
-    manifest = {"name": "ToyWorld", "config": asdict(config), "stages": stages, "files": files,
-                "versions": _versions(), "cpu_threads": torch.get_num_threads()}  # fmt: skip
+    manifest = {
+        "name": "ToyWorld",
+        "config": asdict(config),
+        "stages": stages,
+        "files": files,
+        "versions": _versions(),
+        "cpu_threads": torch.get_num_threads(),
+    }
     _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def train_toyworld(config: ToyWorldTrainConfig, out: str | Path, progress: Progress | None = None) -> dict:
+def train_toyworld(
+    config: ToyWorldTrainConfig, out: str | Path, progress: Progress | None = None
+) -> dict:
     """Train (or resume) every stage into ``out``; returns the manifest."""
     config.validate()
     out_dir = Path(out)
@@ -509,7 +603,8 @@ def train_toyworld(config: ToyWorldTrainConfig, out: str | Path, progress: Progr
         from ace_erasure.errors import ConfigError
 
         raise ConfigError(
-            f"{out_dir} holds a run with a different config; resume with the same options or use a new --out"
+            f"{out_dir} holds a run with a different config; "
+            "resume with the same options or use a new --out"
         )
     _atomic_write_text(config_path, config_json)
     stages_path = out_dir / "_work" / "stages.json"
@@ -527,13 +622,19 @@ def train_toyworld(config: ToyWorldTrainConfig, out: str | Path, progress: Progr
     run("unet", lambda: _stage_unet(config, out_dir, progress))
     _stage_export(config, out_dir)
     judge = Judge.load(out_dir / "judge")
-    stages["judge"] = stages.get("judge", {}) | {"held_out_accuracy": judge.metadata.get("held_out_accuracy")}
-    stages["vae"]["judge_accuracy_on_reconstructions"] = vae_reconstruction_accuracy(config, out_dir, judge)
+    stages["judge"] = stages.get("judge", {}) | {
+        "held_out_accuracy": judge.metadata.get("held_out_accuracy")
+    }
+    stages["vae"]["judge_accuracy_on_reconstructions"] = vae_reconstruction_accuracy(
+        config, out_dir, judge
+    )
     return write_manifest(out_dir, config, stages)
 
 
 @torch.no_grad()
-def vae_reconstruction_accuracy(config: ToyWorldTrainConfig, out: Path, judge: Judge, n: int = 1000) -> dict:
+def vae_reconstruction_accuracy(
+    config: ToyWorldTrainConfig, out: Path, judge: Judge, n: int = 1000
+) -> dict:
     """Judge accuracy per head on VAE reconstructions of fresh rendered scenes (VAE ceiling)."""
     from diffusers import AutoencoderKL
 
@@ -549,6 +650,9 @@ def vae_reconstruction_accuracy(config: ToyWorldTrainConfig, out: Path, judge: J
     arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     images = [Image.fromarray(a) for a in arrays]
     classes = head_classes(vocab)
-    targets = {h: torch.tensor([classes[h].index(scene_labels(s, vocab)[h]) for s in scenes]) for h in classes}
+    targets = {
+        h: torch.tensor([classes[h].index(scene_labels(s, vocab)[h]) for s in scenes])
+        for h in classes
+    }
     probs = judge.predict_proba(images)
     return {h: round(float((probs[h].argmax(-1) == targets[h]).float().mean()), 4) for h in classes}

@@ -1,4 +1,4 @@
-"""ToyWorld's vocabulary: the concepts the bundled model knows, read from ``data/vocabulary.yaml``."""
+"""ToyWorld's vocabulary: the concepts the bundled model knows (``data/vocabulary.yaml``)."""
 
 from __future__ import annotations
 
