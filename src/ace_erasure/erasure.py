@@ -256,11 +256,11 @@ class Erasure:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             layers = {k[len("unet.") :]: v for k, v in self.lora_state_dict().items()}
-            metadata = {"r": self.rank, "lora_alpha": self.rank, "target_modules": sorted(self.up)}
             saver = StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
-            saver.save_lora_weights(
-                tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
-            )
+            # No adapter metadata: diffusers infers r from the shapes and alpha defaults to r
+            # (scale 1, same in old and new diffusers). With a second metadata key, safetensors'
+            # header order varies between calls, and the same seed must give the same bytes.
+            saver.save_lora_weights(tmp, unet_lora_layers=layers)
             (tmp / RECORD_FILE).write_text(json.dumps(self.record(), indent=2) + "\n")
             if self.token_gate is not None:
                 save_file(
