@@ -11,11 +11,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ace_erasure.errors import AceError
 
@@ -207,14 +214,14 @@ def erase(
         items.append(
             Concept(
                 name,
-                kind=inferred,
+                kind=inferred,  # type: ignore[arg-type]  # Concept validates the kind
                 synonyms=tuple(synonym or ()),
                 anchor=anchor,
                 preserve=tuple(preserve or ()),
             )
         )
     with _progress() as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def report(stage: str, step: int, total: int) -> None:
             if stage not in tasks:
@@ -278,7 +285,7 @@ def toyworld_train(
     if threads:
         torch.set_num_threads(threads)
     config = ToyWorldTrainConfig(seed=seed)
-    overrides = {"steps": steps, "vae_steps": vae_steps, "n_images": n_images}
+    overrides: dict[str, Any] = {"steps": steps, "vae_steps": vae_steps, "n_images": n_images}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if judge_steps is not None:
         config.judge = dataclasses.replace(config.judge, steps=judge_steps)
@@ -289,7 +296,7 @@ def toyworld_train(
         format="%(asctime)s %(name)s %(message)s",
     )
     with _progress() as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def report(stage: str, step: int, total: int, info: dict) -> None:
             if stage not in tasks:

@@ -294,7 +294,8 @@ class Erasure:
             raise WeightsError(f"{record_file} is corrupt: {error}") from error
         if record.get("library") != "ace-erasure" or "base_fingerprint" not in record:
             raise WeightsError(f"{record_file} was not written by ace-erasure")
-        up, down = {}, {}
+        up: dict[str, torch.Tensor] = {}
+        down: dict[str, torch.Tensor] = {}
         try:
             with safe_open(str(lora), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping

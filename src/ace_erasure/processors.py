@@ -69,11 +69,16 @@ class TokenGateProcessor(nn.Module):
         sharpness: float,
     ) -> None:
         super().__init__()
+        self.key_up: torch.Tensor
+        self.key_down: torch.Tensor
+        self.value_up: torch.Tensor
+        self.value_down: torch.Tensor
         self.register_buffer("key_up", key_up)
         self.register_buffer("key_down", key_down)
         self.register_buffer("value_up", value_up)
         self.register_buffer("value_down", value_down)
         self.register_buffer("basis", basis.float())
+        self.basis: torch.Tensor
         self.threshold, self.sharpness = threshold, sharpness
 
     def token_mask(self, embeds: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ for timing benchmarks. All use the real CLIP BPE vocabulary shipped with the pac
 from __future__ import annotations
 
 import tempfile
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -49,7 +49,7 @@ def _text_encoder(
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def _vae(levels: int = 2):
+def _vae(levels: int = 2) -> Any:
     """A tiny AutoencoderKL; ``levels`` = 4 gives SD's downsampling factor 8."""
     from diffusers import AutoencoderKL
 
@@ -65,7 +65,7 @@ def _vae(levels: int = 2):
     ).eval()
 
 
-def tiny_pipeline(family: Family = "sd1", seed: int = 0):
+def tiny_pipeline(family: Family = "sd1", seed: int = 0) -> Any:
     """A random-weight pipeline of the given family, small enough for unit tests on a CPU."""
     from diffusers import (
         DDIMScheduler,
@@ -146,7 +146,7 @@ def tiny_pipeline(family: Family = "sd1", seed: int = 0):
     return pipe
 
 
-def sd15_sized_pipeline(seed: int = 0):
+def sd15_sized_pipeline(seed: int = 0) -> Any:
     """Random weights in SD 1.5's shapes: UNet ~860 M parameters, CLIP ViT-L/14-sized text encoder
     (the VAE is tiny but downsamples by 8, like SD's, so image sizes mean the same)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel

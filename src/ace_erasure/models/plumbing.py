@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from torch import nn
 from ace_erasure.errors import ModelLoadError
 
 
-def cross_attention_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+def cross_attention_layers(unet: Any) -> list[tuple[str, Any]]:
     """(name, Attention) for every cross-attention module whose keys come from the text.
 
     Names are module paths inside the UNet
@@ -31,7 +32,7 @@ def cross_attention_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
     from diffusers.models.attention_processor import Attention
 
     context_dim = getattr(unet.config, "cross_attention_dim", None)
-    layers = []
+    layers: list[tuple[str, Any]] = []
     for name, module in unet.named_modules():
         if isinstance(module, Attention) and module.is_cross_attention:
             in_features = base_linear(module.to_k).in_features
@@ -49,7 +50,7 @@ def _context_width(cross_attention_dim: int | Sequence[int], in_features: int) -
     return in_features if in_features in cross_attention_dim else -1
 
 
-def base_linear(module: nn.Module) -> nn.Linear:
+def base_linear(module: Any) -> nn.Linear:
     """The plain ``nn.Linear`` of a projection, also when PEFT wrapped it in a LoRA layer."""
     base = getattr(module, "base_layer", module)
     assert isinstance(base, nn.Linear), f"expected a Linear projection, got {type(base).__name__}"
@@ -61,7 +62,7 @@ def projection_names(layers: Sequence[tuple[str, nn.Module]]) -> list[str]:
     return [f"{name}.{proj}" for name, _ in layers for proj in ("to_k", "to_v")]
 
 
-def projection_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
+def projection_weights(unet: Any) -> dict[str, torch.Tensor]:
     """The base weight (out, in) of every cross-attention key/value projection."""
     weights = {}
     for name, module in cross_attention_layers(unet):
@@ -104,7 +105,7 @@ def tokenizers(pipe) -> list:
     ]
 
 
-def text_encoders(pipe) -> list[nn.Module]:
+def text_encoders(pipe) -> list[Any]:
     return [
         e
         for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))

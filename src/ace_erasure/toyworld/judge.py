@@ -61,6 +61,7 @@ class JudgeNet(nn.Module):
 
     def __init__(self, classes: dict[str, list[str]], width: int = 32) -> None:
         super().__init__()
+        self.width = width
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
@@ -162,7 +163,7 @@ class Judge:
             "classes": self.classes,
             "threshold": self.threshold,
             "image_size": self.image_size,
-            "width": self.net.heads["shape"].in_features // 4,
+            "width": self.net.width,
             "metadata": self.metadata,
         }
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -279,7 +280,8 @@ def labelled_batch(
     n: int, rng: np.random.Generator, vocab: Vocabulary, config: JudgeTrainConfig, augment: bool
 ) -> tuple[list[Image.Image], dict[str, torch.Tensor]]:
     classes = head_classes(vocab)
-    images, targets = [], {h: [] for h in classes}
+    images: list[Image.Image] = []
+    targets: dict[str, list[int]] = {h: [] for h in classes}
     for _ in range(n):
         scene = sample_scene(rng, vocab, config.scene_mix, config.p_style)
         image = render(scene, rng, vocab=vocab)
