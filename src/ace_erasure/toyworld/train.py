@@ -571,12 +571,11 @@ def _versions() -> dict[str, str]:
 
 
 def write_manifest(out: Path, config: ToyWorldTrainConfig, stages: dict) -> dict:
-    files = {
+    files = {  # only what is shipped: the pipeline and the judge
         str(p.relative_to(out)): sha256_file(p)
-        for p in sorted(out.rglob("*"))
+        for shipped in ("model", "judge")
+        for p in sorted((out / shipped).rglob("*"))
         if p.is_file()
-        and not p.relative_to(out).parts[0].startswith("_")
-        and p.name != "manifest.json"
     }
     manifest = {
         "name": "ToyWorld",
