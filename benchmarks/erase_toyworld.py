@@ -192,7 +192,15 @@ def _histogram(outcomes: list[dict], **match: str) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def run(args: argparse.Namespace, config: AceConfig) -> dict:
+def _use(erasure, pipe) -> None:
+    """Merge a LoRA erasure (fast sampling); install a token-gate erasure's processors."""
+    if erasure.mode == "token_gate":
+        erasure.apply(pipe)
+    else:
+        erasure.fuse(pipe)
+
+
+def run(args: argparse.Namespace, config: AceConfig, base_cache: dict | None = None) -> dict:
     torch.set_num_threads(args.threads) if args.threads else None
     folder = args.model or bundled_dir()
     pipe, judge = load_pipeline(folder), load_judge(folder)
@@ -204,9 +212,12 @@ def run(args: argparse.Namespace, config: AceConfig) -> dict:
         "characters": vocab.character_names,
         "hazard": (vocab.hazard_name,),
     }
-    rows, base_cache = [], {}
+    rows: list[dict] = []
+    base_cache = {} if base_cache is None else base_cache  # base-model outcomes, shared by sweeps
     for family in args.families:
         for concept in members[family][: args.limit or None]:
+            if args.only and concept not in args.only:
+                continue
             rng = np.random.default_rng(args.seed)
             probes = probes_for(family, concept, args.n, args.n_other, rng)
             everything = [p for group in probes.values() for p in group]
@@ -216,7 +227,7 @@ def run(args: argparse.Namespace, config: AceConfig) -> dict:
             start = time.perf_counter()
             erasure = erase(pipe, [concept], config=config, seed=args.seed)
             seconds = time.perf_counter() - start
-            erasure.fuse(pipe)
+            _use(erasure, pipe)
             try:
                 erased = evaluator.outcomes(everything)
             finally:
@@ -246,11 +257,14 @@ def run(args: argparse.Namespace, config: AceConfig) -> dict:
     if args.all_shapes and "shapes" in args.families:
         rng = np.random.default_rng(args.seed)
         probes = [p for s in vocab.shapes for p in shape_probes(s, args.n, rng, vocab)]
-        base = evaluator.outcomes(probes)
+        key = ("all shapes", *(p.prompt for p in probes))
+        if key not in base_cache:
+            base_cache[key] = evaluator.outcomes(probes)
+        base = base_cache[key]
         start = time.perf_counter()
         erasure = erase(pipe, list(vocab.shapes), config=config, seed=args.seed)
         seconds = time.perf_counter() - start
-        erasure.fuse(pipe)
+        _use(erasure, pipe)
         try:
             erased = evaluator.outcomes(probes)
         finally:
@@ -381,6 +395,7 @@ def main() -> None:
     )
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--limit", type=int, default=0, help="first N concepts per family (0: all)")
+    parser.add_argument("--only", nargs="+", default=None, help="only these concepts")
     parser.add_argument("--n", type=int, default=16, help="images per named / synonym set")
     parser.add_argument("--n-other", type=int, default=4, help="images per other concept")
     parser.add_argument("--steps", type=int, default=20)
@@ -399,10 +414,10 @@ def main() -> None:
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.sweep:
         key, values = args.sweep.split("=", 1)
-        summaries = {}
+        summaries, cache = {}, {}
         for value in values.split(","):
             config = AceConfig(**{**overrides, key: parse_value(value)})
-            result = run(args, config)
+            result = run(args, config, cache)
             summaries[value] = summary_by_family(result["rows"]) | {
                 "all_shapes": result["all_shapes_together"]
             }

@@ -16,6 +16,7 @@ gated low-rank edit ``W_l + g_l B_l A_l`` — a LoRA whose scale is the gate.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -70,6 +71,14 @@ class AceConfig:
         gate_queries: query rows kept per layer and prompt (random subsample).
         preserve_general: number of general captions in the preserve set (ToyWorld: grammar
             captions; other models: the shipped caption list, all of it).
+        anchor_push: push the targets past the anchor, away from the concept:
+            a + anchor_push (a − t) (negative guidance in embedding space, as ESD does for noise).
+            Needed when the anchor itself draws the concept (e.g. a model whose default object,
+            drawn for "a red", is the square being erased).
+        empty_anchor: what an empty anchor ("") maps the concept and the tokens after it onto:
+            "prompt" = the same prompt without the concept ("a red"); "unconditional" = the
+            empty prompt's tokens (the model's unconditional distribution, as in ESD). The words
+            before the concept keep their own tokens either way.
         mode: "lora" (the edit applies to every token: a standard LoRA) or "token_gate" (an
             attention processor applies it only to tokens in the concept subspace; the saved
             LoRA stays available for stock diffusers as its linearisation).
@@ -102,6 +111,10 @@ class AceConfig:
     )
     gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
     preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
+    anchor_push: float = field(default=0.0, metadata={"help": "push targets past the anchor"})
+    empty_anchor: Literal["prompt", "unconditional"] = field(
+        default="prompt", metadata={"help": "what an empty anchor means"}
+    )
     mode: Literal["lora", "token_gate"] = field(
         default="lora", metadata={"help": "lora | token_gate"}
     )
@@ -125,6 +138,11 @@ class AceConfig:
                 "gate_steps and gate_prompts must be >= 1",
             ),
             (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
+            (self.anchor_push >= 0, "anchor_push must be >= 0"),
+            (
+                self.empty_anchor in ("prompt", "unconditional"),
+                "empty_anchor: 'prompt' or 'unconditional'",
+            ),
             (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
         ]
         for ok, message in checks:
@@ -150,58 +168,69 @@ def _token_weights(n_positions: int, n_concept: int, suffix_weight: float) -> to
     return weights
 
 
+def _add_targets(
+    fitter: RidgeEditFitter,
+    targets: torch.Tensor,
+    anchors: torch.Tensor,
+    weights: torch.Tensor,
+    config: AceConfig,
+) -> None:
+    """Add (target, anchor) rows; with ``anchor_push`` the anchors move away from the targets."""
+    if config.anchor_push:
+        anchors = anchors + config.anchor_push * (anchors - targets)
+    fitter.update_targets(targets, anchors, weights)
+
+
 def _collect_targets(
     pipe, concept: Concept, config: AceConfig, fitter: RidgeEditFitter, generator: torch.Generator
 ) -> int:
     """Stage 0 for one concept: add its (target, anchor) token pairs to the fitter."""
     tokenizer = tokenizers(pipe)[0]
     pairs = prompt_pairs(concept)
+    if not concept.anchor and config.empty_anchor == "unconditional":
+        pairs = [
+            dataclasses.replace(p, anchor_text="", anchor_before="", anchor_through="")
+            for p in pairs
+        ]
     texts = [p.text for p in pairs]
     anchor_texts = list(dict.fromkeys(p.anchor_text for p in pairs))
-    embeds = encode_prompts(pipe, texts)
     anchor_embeds = dict(zip(anchor_texts, encode_prompts(pipe, anchor_texts)))
-    fitter.begin_group(1.0)
-    rows_t, rows_a, weights, concept_positions = [], [], [], []
-    for i, pair in enumerate(pairs):
+    # per prompt: concept-prompt positions, their aligned anchor rows, and the token weights
+    sources, anchors, weights, concept_positions = [], [], [], []
+    for pair in pairs:
         span = token_span(tokenizer, pair.before, pair.through)
-        anchor_span = token_span(tokenizer, pair.anchor_before, pair.anchor_through)
-        positions = aligned_positions(span, anchor_span)
-        concept_positions.append(list(range(span.start, span.stop)))
+        positions = aligned_positions(
+            span, token_span(tokenizer, pair.anchor_before, pair.anchor_through)
+        )
         if config.suffix_weight == 0:
             positions = positions[: span.stop - span.start]
-        source = torch.tensor([p for p, _ in positions])
-        target = torch.tensor([q for _, q in positions])
-        rows_t.append(embeds[i, source])
-        rows_a.append(anchor_embeds[pair.anchor_text][target])
+        sources.append(torch.tensor([p for p, _ in positions]))
+        anchors.append(anchor_embeds[pair.anchor_text][torch.tensor([q for _, q in positions])])
         weights.append(_token_weights(len(positions), span.stop - span.start, config.suffix_weight))
-    fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
-    count = sum(len(r) for r in rows_t)
+        concept_positions.append(list(range(span.start, span.stop)))
 
+    def add(embeds: torch.Tensor, rows: list[int]) -> int:
+        targets = torch.cat([embeds[k, sources[i]] for k, i in enumerate(rows)])
+        _add_targets(
+            fitter,
+            targets,
+            torch.cat([anchors[i] for i in rows]),
+            torch.cat([weights[i] for i in rows]),
+            config,
+        )
+        return len(targets)
+
+    fitter.begin_group(1.0)
+    count = add(encode_prompts(pipe, texts), list(range(len(pairs))))
     # mined neighbours: perturb the concept's input token embeddings, keep the same anchors
     n_templates = len(concept.templates)
     mined = [i for i in range(len(pairs)) if i % n_templates < config.neighbour_templates]
     for _ in range(config.neighbours if mined else 0):
-        subset = [texts[i] for i in mined]
         with perturbed_token_embeddings(
             pipe, [concept_positions[i] for i in mined], config.neighbour_radius, generator
         ):
-            noisy = encode_prompts(pipe, subset, batch_size=len(subset))
-        rows_t, rows_a, weights = [], [], []
-        for k, i in enumerate(mined):
-            pair = pairs[i]
-            span = token_span(tokenizer, pair.before, pair.through)
-            positions = aligned_positions(
-                span, token_span(tokenizer, pair.anchor_before, pair.anchor_through)
-            )
-            if config.suffix_weight == 0:
-                positions = positions[: span.stop - span.start]
-            rows_t.append(noisy[k, torch.tensor([p for p, _ in positions])])
-            rows_a.append(anchor_embeds[pair.anchor_text][torch.tensor([q for _, q in positions])])
-            weights.append(
-                _token_weights(len(positions), span.stop - span.start, config.suffix_weight)
-            )
-        fitter.update_targets(torch.cat(rows_t), torch.cat(rows_a), torch.cat(weights))
-        count += sum(len(r) for r in rows_t)
+            noisy = encode_prompts(pipe, [texts[i] for i in mined], batch_size=len(mined))
+        count += add(noisy, mined)
     return count
 
 
