@@ -35,10 +35,15 @@ def concept_subspace(
 
 
 def mask_parameters(
-    basis: torch.Tensor, target_gram: torch.Tensor, preserve_gram: torch.Tensor
+    basis: torch.Tensor,
+    target_gram: torch.Tensor,
+    preserve_gram: torch.Tensor,
+    position: float = 0.5,
+    sharpness: float = 4.0,
 ) -> tuple[float, float]:
-    """(τ, κ): the threshold halfway between the mean subspace share of target and of preserved
-    tokens, and a sharpness that makes the mask go from 0.12 to 0.88 across that gap."""
+    """(τ, κ): the threshold at ``position`` of the way from the mean subspace share of
+    preserved tokens to that of target tokens, and κ = ``sharpness`` / gap (with 4, the mask
+    goes from 0.12 to 0.88 across the gap)."""
     target_share = float(torch.trace(basis.T @ target_gram @ basis) / torch.trace(target_gram))
     preserve_share = float(
         torch.trace(basis.T @ preserve_gram @ basis) / torch.trace(preserve_gram)
@@ -49,7 +54,7 @@ def mask_parameters(
             "token gate: the concept's tokens are not separable from the preserved ones; "
             "use mode='lora'"
         )
-    return (target_share + preserve_share) / 2, 4.0 / gap
+    return preserve_share + position * gap, sharpness / gap
 
 
 class TokenGateProcessor(nn.Module):

@@ -77,12 +77,18 @@ class AceConfig:
             drawn for "a red", is the square being erased).
         empty_anchor: what an empty anchor ("") maps the concept and the tokens after it onto:
             "prompt" = the same prompt without the concept ("a red"); "unconditional" = the
-            empty prompt's tokens (the model's unconditional distribution, as in ESD). The words
-            before the concept keep their own tokens either way.
+            empty prompt's tokens (the model's unconditional distribution, as in ESD); "auto" =
+            unconditional for explicit content (whose context words alone can evoke it: "a
+            hazard sign" minus "hazard" still drew the hazard on ToyWorld), prompt otherwise
+            (keeps multi-concept erasures and colours intact). The words before the concept
+            keep their own tokens either way.
         mode: "lora" (the edit applies to every token: a standard LoRA) or "token_gate" (an
             attention processor applies it only to tokens in the concept subspace; the saved
             LoRA stays available for stock diffusers as its linearisation).
         token_gate_rank: dimension of the concept subspace of the token gate.
+        token_gate_threshold: where the mask switches on, as a fraction of the way from the
+            mean subspace share of preserved tokens (0) to that of concept tokens (1).
+        token_gate_sharpness: mask steepness across that gap (larger = harder mask).
     """
 
     ridge: float = field(default=0.01, metadata={"help": "relative ridge (> 0)"})
@@ -112,12 +118,14 @@ class AceConfig:
     gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
     preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
     anchor_push: float = field(default=0.0, metadata={"help": "push targets past the anchor"})
-    empty_anchor: Literal["prompt", "unconditional"] = field(
-        default="prompt", metadata={"help": "what an empty anchor means"}
+    empty_anchor: Literal["auto", "prompt", "unconditional"] = field(
+        default="auto", metadata={"help": "what an empty anchor means"}
     )
     mode: Literal["lora", "token_gate"] = field(
         default="lora", metadata={"help": "lora | token_gate"}
     )
+    token_gate_threshold: float = field(default=0.5, metadata={"help": "mask threshold (0..1)"})
+    token_gate_sharpness: float = field(default=4.0, metadata={"help": "mask steepness"})
     token_gate_rank: int = field(
         default=4, metadata={"help": "concept subspace dimension (token gate)"}
     )
@@ -140,8 +148,8 @@ class AceConfig:
             (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
             (self.anchor_push >= 0, "anchor_push must be >= 0"),
             (
-                self.empty_anchor in ("prompt", "unconditional"),
-                "empty_anchor: 'prompt' or 'unconditional'",
+                self.empty_anchor in ("auto", "prompt", "unconditional"),
+                "empty_anchor must be 'auto', 'prompt' or 'unconditional'",
             ),
             (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
         ]
@@ -187,7 +195,10 @@ def _collect_targets(
     """Stage 0 for one concept: add its (target, anchor) token pairs to the fitter."""
     tokenizer = tokenizers(pipe)[0]
     pairs = prompt_pairs(concept)
-    if not concept.anchor and config.empty_anchor == "unconditional":
+    unconditional = config.empty_anchor == "unconditional" or (
+        config.empty_anchor == "auto" and concept.kind == "explicit"
+    )
+    if not concept.anchor and unconditional:
         pairs = [
             dataclasses.replace(p, anchor_text="", anchor_before="", anchor_through="")
             for p in pairs
@@ -394,7 +405,13 @@ def fit(
 
         target_gram, _, preserve_gram = fitter.statistics()
         basis = concept_subspace(target_gram, preserve_gram, min(config.token_gate_rank, dim))
-        threshold, sharpness = mask_parameters(basis, target_gram, preserve_gram)
+        threshold, sharpness = mask_parameters(
+            basis,
+            target_gram,
+            preserve_gram,
+            config.token_gate_threshold,
+            config.token_gate_sharpness,
+        )
         token_gate = {"basis": basis.float(), "threshold": threshold, "sharpness": sharpness}
     timings["solve"] = time.perf_counter() - mark
 
