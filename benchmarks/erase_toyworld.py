@@ -39,7 +39,9 @@ from ace_erasure.evaluation.toyworld import (
     character_probes,
     hazard_probes,
     judge_images,
+    number_samples,
     probe_outcomes,
+    samples,
     shape_probes,
     style_probes,
 )
@@ -63,12 +65,14 @@ class Evaluator:
         self.seed, self.steps, self.guidance = seed, steps, guidance
 
     def outcomes(self, probes: list[Probe]) -> list[dict]:
-        prompts = list(dict.fromkeys(p.prompt for p in probes))
-        seeds = [prompt_seed(p, HELD_OUT_SEED + self.seed) for p in prompts]
+        probes = number_samples(probes)
+        keys = samples(probes)  # repeats of a prompt are distinct images with distinct seeds
+        seeds = [prompt_seed(prompt, HELD_OUT_SEED + self.seed) + 7919 * k for prompt, k in keys]
+        prompts = [prompt for prompt, _ in keys]
         images = generate(
             self.pipe, prompts, seeds=seeds, steps=self.steps, guidance=self.guidance, batch_size=32
         )
-        return probe_outcomes(probes, judge_images(self.judge, prompts, images))
+        return probe_outcomes(probes, judge_images(self.judge, keys, images))
 
 
 def accuracy(outcomes: list[dict], **match: str) -> float:

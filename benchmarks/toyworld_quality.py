@@ -25,8 +25,8 @@ from ace_erasure.evaluation.toyworld import (
     judge_images,
     probe_outcomes,
     quality_probes,
+    samples,
     summarise,
-    unique_prompts,
 )
 from ace_erasure.models.loading import generate
 from ace_erasure.toyworld.assets import bundled_dir, load_judge, load_pipeline, manifest
@@ -66,15 +66,16 @@ def run(
     pipe, judge = load_pipeline(folder), load_judge(folder)
     vocab = vocabulary()
     probes = quality_probes(n, seed=seed)
-    prompts = unique_prompts(probes)
+    keys = samples(probes)  # one image per (prompt, sample); image i has seed base + i
+    prompts = [prompt for prompt, _ in keys]
     start = time.perf_counter()
     images = generate(pipe, prompts, seed=HELD_OUT_SEED + seed, steps=steps, guidance=guidance)
     generation_seconds = time.perf_counter() - start
-    judged = judge_images(judge, prompts, images)
+    judged = judge_images(judge, keys, images)
     outcomes = probe_outcomes(probes, judged)
     groups = summarise(outcomes)
-    hazard_prompts = {p.prompt for p in probes if p.head == "hazard"}
-    others = [p for p in prompts if p not in hazard_prompts]
+    hazard_keys = {(p.prompt, p.sample) for p in probes if p.head == "hazard"}
+    others = [k for k in keys if k not in hazard_keys]
     false_positive = hazard_rate(judged, others, vocab.hazard_name)
 
     single = []

@@ -214,3 +214,18 @@ def test_bad_configs_are_clear_errors(tiny_pipes):
                 ridge=0.0, preserve_weight=0.0, neighbours=0, gate="none", suffix_weight=0.0
             ),
         )
+
+
+def test_auto_empty_anchor_is_unconditional_for_explicit_content_only(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+
+    def edit(concept: Concept, empty_anchor: str) -> torch.Tensor:
+        config = AceConfig(neighbours=0, gate="none", empty_anchor=empty_anchor)
+        erasure = erase(pipe, [concept], config=config)
+        return torch.cat([erasure.delta(k).flatten() for k in sorted(erasure.up)])
+
+    explicit, thing = Concept("gore", kind="explicit"), Concept("circle", kind="object")
+    assert torch.equal(edit(explicit, "auto"), edit(explicit, "unconditional"))
+    assert not torch.equal(edit(explicit, "auto"), edit(explicit, "prompt"))
+    assert torch.equal(edit(thing, "auto"), edit(thing, "prompt"))
+    assert not torch.equal(edit(thing, "auto"), edit(thing, "unconditional"))

@@ -15,7 +15,9 @@ from ace_erasure.toyworld.vocab import vocabulary
 def test_manifest_hashes_match_the_committed_files():
     folder = bundled_dir()
     files = manifest()["files"]
-    assert {"model/unet/diffusion_pytorch_model.safetensors", "judge/judge.safetensors"} <= set(files)
+    assert {"model/unet/diffusion_pytorch_model.safetensors", "judge/judge.safetensors"} <= set(
+        files
+    )
     for name, digest in files.items():
         assert sha256_file(folder / name) == digest, name
     total = sum((folder / name).stat().st_size for name in files)
@@ -82,7 +84,9 @@ def test_generate_warns_about_unknown_words(monkeypatch, capsys, tmp_path):
 def test_erase_refuses_unknown_toyworld_concepts(monkeypatch, capsys, tmp_path):
     out = tmp_path / "e"
     code, _, err = _run(monkeypatch, capsys, "erase", "--concept", "dragon", "--out", str(out))
-    assert code == 1 and "dragon" in err and "known concepts" in err and err.strip().count("\n") == 0
+    assert (
+        code == 1 and "dragon" in err and "known concepts" in err and err.strip().count("\n") == 0
+    )
     assert not out.exists()
 
 

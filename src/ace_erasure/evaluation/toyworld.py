@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -24,13 +24,36 @@ STYLE_PHRASES = ("{text} in the style of {artist}", "{text} by {artist}")
 
 @dataclass(frozen=True)
 class Probe:
-    """One prompt, the judge head to read, the label expected, and the groups it counts in."""
+    """One prompt, the judge head to read, the label expected, and the groups it counts in.
+
+    ``sample`` tells repeated prompts apart: each (prompt, sample) is its own image with its
+    own seed (see :func:`number_samples`).
+    """
 
     prompt: str
     head: str
     expected: str
     concept: str
     group: str
+    sample: int = 0
+
+
+def number_samples(probes: Sequence[Probe]) -> list[Probe]:
+    """Number the repeats of each (prompt, head): the k-th repeat reads image (prompt, k), so a
+    shape probe and a colour probe of the same prompt read the same image, and n repeats of a
+    prompt are n images."""
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    out = []
+    for probe in probes:
+        k = seen[(probe.prompt, probe.head)]
+        seen[(probe.prompt, probe.head)] += 1
+        out.append(replace(probe, sample=k))
+    return out
+
+
+def samples(probes: Sequence[Probe]) -> list[tuple[str, int]]:
+    """The distinct (prompt, sample) images that ``probes`` need, in first-use order."""
+    return list(dict.fromkeys((p.prompt, p.sample) for p in probes))
 
 
 def _cycle(items: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:
@@ -115,33 +138,29 @@ def quality_probes(n: int, seed: int = 0, vocab: Vocabulary | None = None) -> li
         probes += character_probes(character, max(2, n // 2), vocab, synonyms=True)
     probes += hazard_probes(n * 2, vocab, indirect=False)
     probes += hazard_probes(n * 2, vocab, indirect=True)
-    return probes
-
-
-def unique_prompts(probes: Sequence[Probe]) -> list[str]:
-    return list(dict.fromkeys(p.prompt for p in probes))
+    return number_samples(probes)
 
 
 @dataclass
 class Judged:
-    """Judge output for each generated image (aligned with the prompt list)."""
+    """Judge output for each generated image, keyed by (prompt, sample)."""
 
-    prompts: list[str]
+    keys: list[tuple[str, int]]
     labels: dict[str, list[str]]
     probabilities: dict[str, list[dict[str, float]]]
 
-    def index(self) -> dict[str, int]:
-        return {p: i for i, p in enumerate(self.prompts)}
+    def index(self) -> dict[tuple[str, int], int]:
+        return {key: i for i, key in enumerate(self.keys)}
 
 
-def judge_images(judge: Judge, prompts: Sequence[str], images: Sequence) -> Judged:
+def judge_images(judge: Judge, keys: Sequence[tuple[str, int]], images: Sequence) -> Judged:
     labels = judge.predict(images)
     probs = judge.predict_proba(images)
     probabilities = {
         head: [dict(zip(judge.classes[head], row.tolist())) for row in p]
         for head, p in probs.items()
     }
-    return Judged(list(prompts), labels, probabilities)
+    return Judged(list(keys), labels, probabilities)
 
 
 def probe_outcomes(probes: Sequence[Probe], judged: Judged) -> list[dict]:
@@ -149,7 +168,7 @@ def probe_outcomes(probes: Sequence[Probe], judged: Judged) -> list[dict]:
     where = judged.index()
     outcomes = []
     for probe in probes:
-        i = where[probe.prompt]
+        i = where[(probe.prompt, probe.sample)]
         label = judged.labels[probe.head][i]
         outcomes.append(
             {
@@ -179,8 +198,8 @@ def summarise(outcomes: Sequence[dict], key: str = "group") -> dict[str, dict[st
     }
 
 
-def hazard_rate(judged: Judged, prompts: Sequence[str], hazard_name: str) -> float:
-    """Fraction of the images of ``prompts`` that the judge calls hazard."""
+def hazard_rate(judged: Judged, keys: Sequence[tuple[str, int]], hazard_name: str) -> float:
+    """Fraction of the images ``keys`` that the judge calls hazard."""
     where = judged.index()
-    hits = [judged.labels["hazard"][where[p]] == hazard_name for p in prompts]
+    hits = [judged.labels["hazard"][where[k]] == hazard_name for k in keys]
     return float(np.mean(hits)) if hits else 0.0
