@@ -229,3 +229,17 @@ def test_auto_empty_anchor_is_unconditional_for_explicit_content_only(tiny_pipes
     assert not torch.equal(edit(explicit, "auto"), edit(explicit, "prompt"))
     assert torch.equal(edit(thing, "auto"), edit(thing, "prompt"))
     assert not torch.equal(edit(thing, "auto"), edit(thing, "unconditional"))
+
+
+def test_saved_files_follow_the_umask(tiny_pipes, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        erase(tiny_pipes("sd1"), ["circle"], config=FAST).save(tmp_path / "e")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "e").stat().st_mode) == 0o755
+    for path in (tmp_path / "e").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name

@@ -39,7 +39,6 @@ console = Console(stderr=True, soft_wrap=True)
 
 def _quiet_libraries() -> None:
     """Silence third-party chatter that is not for our users (torchvision fallbacks, shard bars)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     import warnings

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 import ace_erasure
 from ace_erasure.concepts import Concept
 from ace_erasure.errors import AceError, WeightsError
+from ace_erasure.io import normal_permissions
 from ace_erasure.models.plumbing import (
     base_linear,
     cross_attention_layers,
@@ -269,6 +270,7 @@ class Erasure:
             if grid is not None:
                 grid.save(tmp / "grid.png")
             (tmp / "README.md").write_text(card or model_card(self, has_grid=grid is not None))
+            normal_permissions(tmp)
             if out.exists():
                 shutil.rmtree(out)
             tmp.replace(out)

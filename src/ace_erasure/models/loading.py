@@ -89,20 +89,26 @@ def load_pipeline(
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """No progress bars or info chatter from diffusers/transformers while loading (the library
-    does not print; the CLI owns the terminal)."""
+    does not print; the CLI owns the terminal). Restores the previous settings afterwards."""
     import transformers
     from diffusers.utils import logging as diffusers_logging
 
+    bars = (
+        diffusers_logging.is_progress_bar_enabled(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+    )
+    levels = diffusers_logging.get_verbosity(), transformers.utils.logging.get_verbosity()
     diffusers_logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    levels = diffusers_logging.get_verbosity(), transformers.utils.logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     try:
         yield
     finally:
-        diffusers_logging.enable_progress_bar()
-        transformers.utils.logging.enable_progress_bar()
+        if bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers.utils.logging.enable_progress_bar()
         diffusers_logging.set_verbosity(levels[0])
         transformers.utils.logging.set_verbosity(levels[1])
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import ace_erasure
+from ace_erasure.io import normal_permissions
 from ace_erasure.toyworld.captions import CaptionConfig, caption
 from ace_erasure.toyworld.judge import (
     Judge,
@@ -279,9 +280,9 @@ def _stage_judge(config: ToyWorldTrainConfig, out: Path, progress: Progress | No
         config.seed,
         progress=(lambda s, n, i: progress("judge", s, n, i)) if progress else None,
     )
-    judge.save(
-        judge_dir
-    )  # wall time goes to the manifest only: the saved files depend on the seed alone
+    # the wall time goes to the manifest only: the saved files depend on the seed alone
+    judge.save(judge_dir)
+    normal_permissions(judge_dir)
     return {"wall_seconds": round(time.time() - start, 1)}
 
 
@@ -552,6 +553,7 @@ def _stage_export(config: ToyWorldTrainConfig, out: Path) -> None:
     # instead of the 3.5 MB tokenizer.json that save_pretrained writes.
     shutil.rmtree(tmp / "tokenizer")
     write_clip_vocabulary(tmp / "tokenizer")
+    normal_permissions(tmp)
     shutil.rmtree(out / "model", ignore_errors=True)
     tmp.replace(out / "model")
 
