@@ -243,3 +243,17 @@ def test_saved_files_follow_the_umask(tiny_pipes, tmp_path):
     assert stat.S_IMODE((tmp_path / "e").stat().st_mode) == 0o755
     for path in (tmp_path / "e").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+
+def test_query_run_works_with_any_scheduler_and_restores_it(tiny_pipes):
+    from diffusers import PNDMScheduler
+
+    pipe = tiny_pipes("sd1")
+    original = pipe.scheduler
+    pipe.scheduler = PNDMScheduler.from_config(original.config)
+    try:
+        erasure = erase(pipe, ["circle"], config=AceConfig(neighbours=0, gate_steps=1))
+        assert isinstance(pipe.scheduler, PNDMScheduler)
+        assert all(0.0 <= g <= 1.0 for gates in erasure.gates.values() for g in gates)
+    finally:
+        pipe.scheduler = original

@@ -270,6 +270,11 @@ def _record_queries(
 
         handles.append(module.to_q.register_forward_hook(hook))
     side = config.gate_resolution or (pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    # A few DDIM steps work with any pipeline; its own scheduler may not (PNDM needs more steps).
+    from diffusers import DDIMScheduler
+
+    scheduler = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(scheduler.config)
     try:
         pipe(
             list(prompts),
@@ -281,6 +286,7 @@ def _record_queries(
             generator=torch.Generator(device="cpu").manual_seed(seed),
         )
     finally:
+        pipe.scheduler = scheduler
         for handle in handles:
             handle.remove()
     return {name: torch.cat(chunks, dim=1) for name, chunks in records.items()}
