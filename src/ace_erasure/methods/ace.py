@@ -66,6 +66,7 @@ class AceConfig:
         gate: "layer" (one gate per layer), "head" (one per attention head) or "none" (all 1).
         gate_steps: denoising steps run on concept prompts to record attention queries.
         gate_prompts: concept prompts used for the queries (per concept).
+        gate_max_prompts: cap on the query prompts of all concepts together (round-robin).
         gate_resolution: image side (pixels) used for the query run; None = the model's default.
         gate_preserve_weight: weight of the preserve term in the gate objective.
         gate_queries: query rows kept per layer and prompt (random subsample).
@@ -109,6 +110,7 @@ class AceConfig:
     )
     gate_steps: int = field(default=3, metadata={"help": "denoising steps for query recording"})
     gate_prompts: int = field(default=4, metadata={"help": "concept prompts for query recording"})
+    gate_max_prompts: int = field(default=16, metadata={"help": "cap on query prompts in all"})
     gate_resolution: int | None = field(
         default=None, metadata={"help": "image side for the query run"}
     )
@@ -142,8 +144,8 @@ class AceConfig:
             (self.max_rank >= 1, "max_rank must be >= 1"),
             (self.gate in ("layer", "head", "none"), "gate must be 'layer', 'head' or 'none'"),
             (
-                self.gate_steps >= 1 and self.gate_prompts >= 1,
-                "gate_steps and gate_prompts must be >= 1",
+                min(self.gate_steps, self.gate_prompts, self.gate_max_prompts) >= 1,
+                "gate_steps, gate_prompts and gate_max_prompts must be >= 1",
             ),
             (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
             (self.anchor_push >= 0, "anchor_push must be >= 0"),
@@ -426,11 +428,15 @@ def fit(
     if config.gate == "none":
         gates = {name: torch.ones(1) for name, _ in layers}
     else:
-        gate_prompts, anchor_prompts = [], []
-        for concept in concepts:
-            pairs = prompt_pairs(concept, names=[concept.name])[: config.gate_prompts]
-            gate_prompts += [p.text for p in pairs]
-            anchor_prompts += [p.anchor_text for p in pairs]
+        # per concept its first templates, round-robin, at most gate_max_prompts in all (the
+        # query run costs UNet passes; 100 concepts need statistics, not 400 prompts)
+        per_concept = [prompt_pairs(c, names=[c.name])[: config.gate_prompts] for c in concepts]
+        chosen = [
+            pairs[i] for i in range(config.gate_prompts) for pairs in per_concept if i < len(pairs)
+        ]
+        chosen = chosen[: config.gate_max_prompts]
+        gate_prompts = [p.text for p in chosen]
+        anchor_prompts = [p.anchor_text for p in chosen]
         queries = _record_queries(pipe, gate_prompts, config, seed)
         concept_embeds = encode_prompts(pipe, gate_prompts)
         anchor_embeds = encode_prompts(pipe, anchor_prompts)
