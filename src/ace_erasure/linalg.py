@@ -83,15 +83,20 @@ class RidgeEditFitter:
         self._group = []
 
     @torch.no_grad()
-    def update_preserve(self, preserve: torch.Tensor, weight: float = 1.0) -> None:
-        """Add (m, d) vectors whose projections must not change (kept as a weighted mean)."""
+    def update_preserve(
+        self, preserve: torch.Tensor, weight: float = 1.0, row_weights: torch.Tensor | None = None
+    ) -> None:
+        """Add (m, d) vectors whose projections must not change, kept as a weighted mean of
+        p pᵀ: each row counts ``weight`` (times ``row_weights[i]`` when given)."""
         p = self._check(preserve, "preserve")
         if len(p) == 0:
             return
-        # running weighted mean of p pᵀ
-        new_total = self._preserve_sum_weight + weight * len(p)
+        w = torch.full((len(p),), float(weight), dtype=torch.float64)
+        if row_weights is not None:
+            w = w * row_weights.detach().to("cpu", torch.float64)
+        new_total = self._preserve_sum_weight + float(w.sum())
         self.preserve_gram *= self._preserve_sum_weight / new_total
-        self.preserve_gram += (p.T @ p) * (weight / new_total)
+        self.preserve_gram += (p * (w / new_total).unsqueeze(1)).T @ p
         self._preserve_sum_weight = new_total
         self.n_preserve += len(p)
 

@@ -1,5 +1,6 @@
-"""Prompt sets an erasure preserves: the concept's own preserve list, related concepts, and a
-general caption set (ToyWorld's caption grammar on ToyWorld, a shipped caption list otherwise)."""
+"""Prompt sets an erasure preserves: the concepts' own preserve lists and related concepts
+(:func:`related_pairs`), and a general caption set (:func:`general_prompts`: ToyWorld's caption
+grammar on ToyWorld, a shipped caption list otherwise)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from importlib import resources
 
 import numpy as np
 
-from ace_erasure.concepts import TEMPLATES, Concept
-from ace_erasure.toyworld.captions import with_article
+from ace_erasure.concepts import Concept, PromptPair, prompt_pairs
 
 
 def general_captions() -> list[str]:
@@ -55,20 +55,37 @@ def toyworld_related(concept: Concept) -> list[str]:
     return [m for m in members if m.lower() != concept.name.lower()]
 
 
-def preserve_prompts(
-    concepts: Sequence[Concept], *, toyworld: bool, n_general: int = 200, seed: int = 0
-) -> list[str]:
-    """Prompts whose cross-attention inputs the erasure keeps: each concept's ``preserve`` names
-    (and, on ToyWorld, its family's other members) in the concept's templates, plus general
-    captions. Nothing that mentions an erased name or synonym is kept."""
-    erased = [name for c in concepts for name in c.names]
-    prompts: list[str] = []
+def _erased_names(concepts: Sequence[Concept]) -> list[str]:
+    return [name for c in concepts for name in c.names]
+
+
+def related_pairs(concepts: Sequence[Concept], *, toyworld: bool) -> list[PromptPair]:
+    """Prompts naming the concepts to keep — each concept's ``preserve`` list and, on ToyWorld,
+    the other members of its family — in the concept's own templates, with their spans located
+    (so their name tokens can be weighted like the targets'). Erased names are never kept."""
+    erased = {n.lower() for n in _erased_names(concepts)}
+    pairs: list[PromptPair] = []
+    seen: set[str] = set()
     for concept in concepts:
         related = list(concept.preserve) + (toyworld_related(concept) if toyworld else [])
         for name in related:
-            prompts.extend(
-                with_article(template.format(name)) for template in TEMPLATES[concept.kind]
+            if name.lower() in erased or name.lower() in seen:
+                continue
+            seen.add(name.lower())
+            keep = Concept(
+                name, kind=concept.kind, anchor="" if concept.kind != "celebrity" else None
             )
-    prompts.extend(toyworld_captions(n_general, seed) if toyworld else general_captions())
-    unique = list(dict.fromkeys(p for p in prompts if not _mentions(p, erased)))
-    return unique
+            pairs.extend(
+                p for p in prompt_pairs(keep, names=[name]) if not _mentions(p.text, list(erased))
+            )
+    return pairs
+
+
+def general_prompts(
+    concepts: Sequence[Concept], *, toyworld: bool, n_general: int = 200, seed: int = 0
+) -> list[str]:
+    """General captions to keep (ToyWorld's grammar with canonical names, or the shipped list),
+    without any that mention an erased name or synonym."""
+    erased = _erased_names(concepts)
+    prompts = toyworld_captions(n_general, seed) if toyworld else general_captions()
+    return list(dict.fromkeys(p for p in prompts if not _mentions(p, erased)))

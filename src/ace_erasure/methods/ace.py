@@ -38,7 +38,7 @@ from ace_erasure.models.plumbing import (
     token_span,
     tokenizers,
 )
-from ace_erasure.prompts import preserve_prompts
+from ace_erasure.prompts import general_prompts, related_pairs
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -390,12 +390,30 @@ def fit(
     timings["targets"] = time.perf_counter() - start
 
     mark = time.perf_counter()
-    preserve = preserve_prompts(
+    # Two preserve groups of equal mass: related concepts (their name tokens weighted like the
+    # targets', so the few rows that tell "triangle" from "diamond" are not drowned by ~70
+    # padding rows) and general captions (every token).
+    tokenizer = tokenizers(pipe)[0]
+    related = related_pairs(concepts, toyworld=toyworld)
+    general = general_prompts(
         concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed
     )
-    preserve_embeds = encode_prompts(pipe, preserve) if preserve else torch.empty(0, 1, dim)
-    if len(preserve_embeds):
-        fitter.update_preserve(preserve_embeds.reshape(-1, dim))
+    preserve_embeds = encode_prompts(pipe, [p.text for p in related] + general)
+    if related:
+        rows, row_weights = [], []
+        for i, pair in enumerate(related):
+            span = token_span(tokenizer, pair.before, pair.through)
+            rows.append(preserve_embeds[i, span.start :])
+            row_weights.append(
+                _token_weights(len(rows[-1]), span.stop - span.start, config.suffix_weight)
+            )
+        weights = torch.cat(row_weights)
+        fitter.update_preserve(torch.cat(rows), row_weights=weights / weights.sum())
+    if general:
+        rows_general = preserve_embeds[len(related) :].reshape(-1, dim)
+        fitter.update_preserve(
+            rows_general, row_weights=torch.full((len(rows_general),), 1.0 / len(rows_general))
+        )
     timings["preserve"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -468,7 +486,7 @@ def fit(
     timings["total"] = time.perf_counter() - start
     stats = {
         "target_vectors": n_targets,
-        "preserve_prompts": len(preserve),
+        "preserve_prompts": len(related) + len(general),
         "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1])
         if len(preserve_embeds)
         else 0,

@@ -1,0 +1,24 @@
+from ace_erasure.concepts import Concept
+from ace_erasure.prompts import general_prompts, related_pairs
+
+
+def test_related_pairs_keep_the_family_but_never_an_erased_name():
+    concepts = [Concept("circle", synonyms=("disc",)), Concept("square")]
+    pairs = related_pairs(concepts, toyworld=True)
+    names = {p.through.split()[-1] for p in pairs}
+    assert {"triangle", "star", "arrow"} <= names
+    assert not names & {"circle", "square", "disc"}
+    assert all(p.text.startswith(p.through) for p in pairs)
+
+
+def test_preserve_list_is_used_off_toyworld_too():
+    pairs = related_pairs([Concept("Van Gogh", kind="style", preserve=("Monet",))], toyworld=False)
+    assert pairs and all("Monet" in p.text for p in pairs)
+    assert related_pairs([Concept("cat")], toyworld=False) == []
+
+
+def test_general_prompts_drop_captions_mentioning_erased_names():
+    general = general_prompts([Concept("dog")], toyworld=False)
+    assert general and not any(" dog " in f" {p} " for p in general)
+    toy = general_prompts([Concept("circle")], toyworld=True, n_general=50)
+    assert len(toy) > 20 and not any("circle" in p for p in toy)
