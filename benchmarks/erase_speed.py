@@ -171,7 +171,7 @@ def main() -> None:
                 return cast(v)
             except ValueError:
                 pass
-        return None if v.lower() == "none" else v
+        return None if v.lower() == "null" else v
 
     configs = {"default": AceConfig()}
     if args.set:

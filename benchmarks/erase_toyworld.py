@@ -387,7 +387,7 @@ def parse_value(text: str):
             return cast(text)
         except ValueError:
             pass
-    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+    return {"null": None, "true": True, "false": False}.get(text.lower(), text)
 
 
 def main() -> None:

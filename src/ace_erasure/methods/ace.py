@@ -52,7 +52,9 @@ class AceConfig:
     Args:
         ridge: relative ridge λ (λ = ridge x mean eigenvalue of the system); larger = smaller,
             safer edits. Must be > 0 unless the system is well determined.
-        preserve_weight: weight λ_p of the preserve set against the targets.
+        preserve_weight: weight λ_p of the preserve set against the targets. 5 is where ToyWorld's
+            shapes and characters kept other concepts within 3 points (1: up to 11 points lost;
+            10: no loss but weaker erasure); see benchmarks/README.md.
         suffix_weight: total weight of the tokens after the concept in a prompt (words, EOS,
             padding: ~70 tokens) relative to the concept's own tokens; spread evenly over them so
             that the padding does not outnumber the concept. 0 edits only the concept tokens.
@@ -93,7 +95,7 @@ class AceConfig:
     """
 
     ridge: float = field(default=0.01, metadata={"help": "relative ridge (> 0)"})
-    preserve_weight: float = field(default=1.0, metadata={"help": "weight of preserve embeddings"})
+    preserve_weight: float = field(default=5.0, metadata={"help": "weight of preserve embeddings"})
     suffix_weight: float = field(
         default=1.0, metadata={"help": "weight of EOS/padding/suffix tokens"}
     )
@@ -191,20 +193,26 @@ def _add_targets(
     fitter.update_targets(targets, anchors, weights)
 
 
+def _prompt_pairs(concept: Concept, config: AceConfig, names: Sequence[str] | None = None) -> list:
+    """The concept's (prompt, anchor prompt) pairs, with ``empty_anchor`` applied."""
+    pairs = prompt_pairs(concept, names=names)
+    unconditional = config.empty_anchor == "unconditional" or (
+        config.empty_anchor == "auto" and concept.kind == "explicit"
+    )
+    if not concept.anchor and unconditional:
+        return [
+            dataclasses.replace(p, anchor_text="", anchor_before="", anchor_through="")
+            for p in pairs
+        ]
+    return pairs
+
+
 def _collect_targets(
     pipe, concept: Concept, config: AceConfig, fitter: RidgeEditFitter, generator: torch.Generator
 ) -> int:
     """Stage 0 for one concept: add its (target, anchor) token pairs to the fitter."""
     tokenizer = tokenizers(pipe)[0]
-    pairs = prompt_pairs(concept)
-    unconditional = config.empty_anchor == "unconditional" or (
-        config.empty_anchor == "auto" and concept.kind == "explicit"
-    )
-    if not concept.anchor and unconditional:
-        pairs = [
-            dataclasses.replace(p, anchor_text="", anchor_before="", anchor_through="")
-            for p in pairs
-        ]
+    pairs = _prompt_pairs(concept, config)
     texts = [p.text for p in pairs]
     anchor_texts = list(dict.fromkeys(p.anchor_text for p in pairs))
     anchor_embeds = dict(zip(anchor_texts, encode_prompts(pipe, anchor_texts)))
@@ -448,7 +456,9 @@ def fit(
     else:
         # per concept its first templates, round-robin, at most gate_max_prompts in all (the
         # query run costs UNet passes; 100 concepts need statistics, not 400 prompts)
-        per_concept = [prompt_pairs(c, names=[c.name])[: config.gate_prompts] for c in concepts]
+        per_concept = [
+            _prompt_pairs(c, config, names=[c.name])[: config.gate_prompts] for c in concepts
+        ]
         chosen = [
             pairs[i] for i in range(config.gate_prompts) for pairs in per_concept if i < len(pairs)
         ]
