@@ -26,16 +26,16 @@ def tiny_pipes():
 
 @pytest.fixture(scope="session")
 def toyworld_pipe():
-    from ace_erasure.toyworld.assets import load_pipeline
+    import ace_erasure.toyworld  # the documented entry point
 
-    return load_pipeline()
+    return ace_erasure.toyworld.load_pipeline()
 
 
 @pytest.fixture(scope="session")
 def toyworld_judge():
-    from ace_erasure.toyworld.assets import load_judge
+    import ace_erasure.toyworld
 
-    return load_judge()
+    return ace_erasure.toyworld.load_judge()
 
 
 @pytest.fixture(autouse=True)

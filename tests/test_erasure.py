@@ -231,6 +231,27 @@ def test_auto_empty_anchor_is_unconditional_for_explicit_content_only(tiny_pipes
     assert not torch.equal(edit(thing, "auto"), edit(thing, "unconditional"))
 
 
+def test_automatic_anchor_push_only_past_an_unconditional_anchor(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+
+    def edit(concept: Concept, **options) -> torch.Tensor:
+        config = AceConfig(neighbours=0, gate="none", **options)
+        erasure = erase(pipe, [concept], config=config)
+        return torch.cat([erasure.delta(k).flatten() for k in sorted(erasure.up)])
+
+    explicit, thing = Concept("gore", kind="explicit"), Concept("circle", kind="object")
+    assert torch.equal(edit(explicit), edit(explicit, anchor_push=0.5))
+    assert not torch.equal(edit(explicit), edit(explicit, anchor_push=0.0))
+    assert torch.equal(edit(thing), edit(thing, anchor_push=0.0))
+    # an object mapped onto the unconditional prompt is pushed too
+    assert torch.equal(
+        edit(thing, empty_anchor="unconditional"),
+        edit(thing, empty_anchor="unconditional", anchor_push=0.5),
+    )
+    # a pushed edit moves the concept further than an unpushed one
+    assert edit(explicit).norm() > edit(explicit, anchor_push=0.0).norm()
+
+
 def test_saved_files_follow_the_umask(tiny_pipes, tmp_path):
     import os
     import stat
