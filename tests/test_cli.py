@@ -9,6 +9,11 @@ from PIL import Image
 from ace_erasure.cli import main
 
 
+def _one_line(err: str) -> bool:
+    """One "error: ..." line and nothing else (no traceback, no blank line before it)."""
+    return err.startswith("error: ") and err.count("\n") == 1
+
+
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["ace-erasure", *args])
     code = 0
@@ -79,14 +84,14 @@ def test_missing_model_path_is_one_line(monkeypatch, capsys, tmp_path):
         str(tmp_path / "x.png"),
     )
     assert code == 1
-    assert err.strip().count("\n") == 0 and "does not exist" in err and "Traceback" not in err
+    assert _one_line(err) and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
 
 
 def test_folder_without_pipeline_is_one_line(monkeypatch, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(monkeypatch, capsys, "generate", "x", "--model", str(tmp_path / "empty"))
-    assert code == 1 and "not a diffusers pipeline folder" in err and err.strip().count("\n") == 0
+    assert code == 1 and "not a diffusers pipeline folder" in err and _one_line(err)
 
 
 def test_corrupt_weights_are_one_line(monkeypatch, capsys, tiny_folder, tmp_path):
@@ -104,7 +109,7 @@ def test_corrupt_weights_are_one_line(monkeypatch, capsys, tiny_folder, tmp_path
         "--out",
         str(tmp_path / "x.png"),
     )
-    assert code == 1 and "corrupt" in err and err.strip().count("\n") == 0
+    assert code == 1 and "corrupt" in err and _one_line(err)
     assert not (tmp_path / "x.png").exists()
 
 
@@ -128,7 +133,7 @@ def test_erase_bad_input_writes_nothing(monkeypatch, capsys, tiny_folder, tmp_pa
     code, _, err = run_cli(
         monkeypatch, capsys, "erase", "--model", str(tiny_folder), "--out", str(out), *extra
     )
-    assert code != 0 and message in err and "Traceback" not in err
+    assert code == 1 and message in err and _one_line(err)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -195,7 +200,7 @@ def test_erase_then_generate_and_refuse_another_model(monkeypatch, capsys, tiny_
         "--out",
         str(tmp_path / "x.png"),
     )
-    assert code == 1 and "made for base model" in err and err.strip().count("\n") == 0
+    assert code == 1 and "made for base model" in err and _one_line(err)
     assert not (tmp_path / "x.png").exists()
 
 

@@ -12,6 +12,11 @@ from ace_erasure.toyworld.train import sha256_file
 from ace_erasure.toyworld.vocab import vocabulary
 
 
+def _one_line(err: str) -> bool:
+    """One "error: ..." line and nothing else (no traceback, no blank line before it)."""
+    return err.startswith("error: ") and err.count("\n") == 1
+
+
 def test_manifest_hashes_match_the_committed_files():
     folder = bundled_dir()
     files = manifest()["files"]
@@ -85,7 +90,7 @@ def test_erase_refuses_unknown_toyworld_concepts(monkeypatch, capsys, tmp_path):
     out = tmp_path / "e"
     code, _, err = _run(monkeypatch, capsys, "erase", "--concept", "dragon", "--out", str(out))
     assert (
-        code == 1 and "dragon" in err and "known concepts" in err and err.strip().count("\n") == 0
+        code == 1 and "dragon" in err and "known concepts" in err and _one_line(err)
     )
     assert not out.exists()
 

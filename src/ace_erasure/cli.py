@@ -219,19 +219,25 @@ def erase(
                 preserve=tuple(preserve or ()),
             )
         )
-    with _progress() as bar:
-        tasks: dict[str, TaskID] = {}
+    # the bar starts with the first stage: an input error raised before it stays one line
+    bar, tasks = _progress(), dict[str, TaskID]()
 
-        def report(stage: str, step: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, info="")
-            bar.update(tasks[stage], completed=step)
+    def report(stage: str, step: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, info="")
+        bar.update(tasks[stage], completed=step)
 
-        start = time.perf_counter()
+    start = time.perf_counter()
+    try:
         result = run_erase(
             pipe, items, method=method, config=options or None, seed=seed, progress=report
         )
-        seconds = time.perf_counter() - start
+    finally:
+        if tasks:
+            bar.stop()
+    seconds = time.perf_counter() - start
     image_grid = _before_after_grid(pipe, result, seed) if grid else None
     result.save(out, grid=image_grid, overwrite=overwrite)
     names = ", ".join(c.name for c in result.concepts)
