@@ -216,22 +216,23 @@ def test_bad_configs_are_clear_errors(tiny_pipes):
         )
 
 
-def test_auto_empty_anchor_is_unconditional_for_explicit_content_only(tiny_pipes):
+def test_empty_anchor_modes(tiny_pipes):
     pipe = tiny_pipes("sd1")
 
     def edit(concept: Concept, empty_anchor: str) -> torch.Tensor:
-        config = AceConfig(neighbours=0, gate="none", empty_anchor=empty_anchor)
+        config = AceConfig(neighbours=0, gate="none", empty_anchor=empty_anchor, anchor_push=0.0)
         erasure = erase(pipe, [concept], config=config)
         return torch.cat([erasure.delta(k).flatten() for k in sorted(erasure.up)])
 
-    explicit, thing = Concept("gore", kind="explicit"), Concept("circle", kind="object")
-    assert torch.equal(edit(explicit, "auto"), edit(explicit, "unconditional"))
-    assert not torch.equal(edit(explicit, "auto"), edit(explicit, "prompt"))
-    assert torch.equal(edit(thing, "auto"), edit(thing, "prompt"))
-    assert not torch.equal(edit(thing, "auto"), edit(thing, "unconditional"))
+    thing = Concept("circle", kind="object")
+    assert AceConfig().empty_anchor == "prompt"
+    assert not torch.equal(edit(thing, "prompt"), edit(thing, "unconditional"))
+    # an explicit anchor is used as given, whatever the mode
+    anchored = Concept("circle", kind="object", anchor="square")
+    assert torch.equal(edit(anchored, "prompt"), edit(anchored, "unconditional"))
 
 
-def test_automatic_anchor_push_only_past_an_unconditional_anchor(tiny_pipes):
+def test_automatic_anchor_push_for_explicit_content_and_unconditional_anchors(tiny_pipes):
     pipe = tiny_pipes("sd1")
 
     def edit(concept: Concept, **options) -> torch.Tensor:

@@ -89,9 +89,7 @@ def test_generate_warns_about_unknown_words(monkeypatch, capsys, tmp_path):
 def test_erase_refuses_unknown_toyworld_concepts(monkeypatch, capsys, tmp_path):
     out = tmp_path / "e"
     code, _, err = _run(monkeypatch, capsys, "erase", "--concept", "dragon", "--out", str(out))
-    assert (
-        code == 1 and "dragon" in err and "known concepts" in err and _one_line(err)
-    )
+    assert code == 1 and "dragon" in err and "known concepts" in err and _one_line(err)
     assert not out.exists()
 
 

@@ -116,7 +116,7 @@ def test_captions_name_what_is_drawn_and_never_use_held_out_templates():
         t.split("{")[0].strip() for t in (*HELD_OUT_OBJECT_TEMPLATES, *HELD_OUT_CHARACTER_TEMPLATES)
     ]
     for _ in range(1500):
-        scene = sample_scene(rng, v, (0.6, 0.3, 0.1, 0, 0), 0.5)
+        scene = sample_scene(rng, v, (0.6, 0.25, 0.1, 0.05, 0), 0.5)
         text = caption(scene, rng)
         assert not any(text.startswith(h) for h in held_out), text
         assert not unknown_words(text), text
@@ -125,6 +125,10 @@ def test_captions_name_what_is_drawn_and_never_use_held_out_templates():
             assert any(w in text for w in (scene.shape, *v.synonyms[scene.shape])), text
         if scene.kind == "character":
             assert any(w in text for w in (scene.character, *v.synonyms[scene.character])), text
+        if scene.kind == "blob":  # its colour, and no shape word
+            words = set(text.replace(",", " ").split())
+            assert scene.colour in words, text
+            assert not words & {w for s in v.shapes for w in (s, *v.synonyms[s])}, text
 
 
 def test_articles_and_unknown_words():

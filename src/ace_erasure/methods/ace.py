@@ -58,6 +58,9 @@ class AceConfig:
         suffix_weight: total weight of the tokens after the concept in a prompt (words, EOS,
             padding: ~70 tokens) relative to the concept's own tokens; spread evenly over them so
             that the padding does not outnumber the concept. 0 edits only the concept tokens.
+            4: on ToyWorld (shapes, characters) 1 left "circle" in 4 of 16 images, 2 and 4 in at
+            most 1 (4 kept synonyms lower: worst 2 of 16 vs 3); the EOS tokens carry the concept
+            too.
         neighbours: mined neighbours per concept prompt (stage 0); 0 disables mining.
         neighbour_radius: norm of the input-embedding perturbation, relative to the token's norm.
         neighbour_templates: how many of the kind's templates get mined neighbours.
@@ -76,18 +79,16 @@ class AceConfig:
             captions; other models: the shipped caption list, all of it).
         anchor_push: push the targets past the anchor, away from the concept:
             a + anchor_push (a − t) (negative guidance in embedding space, as ESD does for noise).
-            None = automatic: 0.5 where the anchor is the unconditional prompt, 0 otherwise. With
-            the unconditional anchor the erased prompt's conditional output nearly equals the
-            unconditional one, and classifier-free guidance amplifies what is left of the
-            concept (ToyWorld's hazard: 6 of 16 images still drew it at 0, none at 0.5 or 1);
-            with prompt anchors pushing cost specificity (shapes: worst drop 2.8 -> 8.3 points).
+            None = automatic: 0.5 for explicit content and wherever the anchor is the
+            unconditional prompt, 0 otherwise. Explicit content is evoked by its context words
+            too ("a hazard sign" minus "hazard"): on ToyWorld the hazard stayed in 11 of 16
+            images mapped onto its prompt anchor unpushed, and in none pushed by 0.5, 0.75 or 1.
+            For objects, styles and people pushing cost specificity (shapes: worst drop 2.8 ->
+            8.3 points at 0.5), so they are not pushed.
         empty_anchor: what an empty anchor ("") maps the concept and the tokens after it onto:
             "prompt" = the same prompt without the concept ("a red"); "unconditional" = the
-            empty prompt's tokens (the model's unconditional distribution, as in ESD); "auto" =
-            unconditional for explicit content (whose context words alone can evoke it: "a
-            hazard sign" minus "hazard" still drew the hazard on ToyWorld), prompt otherwise
-            (keeps multi-concept erasures and colours intact). The words before the concept
-            keep their own tokens either way.
+            empty prompt's tokens (the model's unconditional distribution, as in ESD). The words
+            before the concept keep their own tokens either way.
         mode: "lora" (the edit applies to every token: a standard LoRA) or "token_gate" (an
             attention processor applies it only to tokens in the concept subspace; the saved
             LoRA stays available for stock diffusers as its linearisation).
@@ -100,7 +101,7 @@ class AceConfig:
     ridge: float = field(default=0.01, metadata={"help": "relative ridge (> 0)"})
     preserve_weight: float = field(default=5.0, metadata={"help": "weight of preserve embeddings"})
     suffix_weight: float = field(
-        default=1.0, metadata={"help": "weight of EOS/padding/suffix tokens"}
+        default=4.0, metadata={"help": "weight of EOS/padding/suffix tokens"}
     )
     neighbours: int = field(default=4, metadata={"help": "mined neighbours per prompt"})
     neighbour_radius: float = field(default=0.15, metadata={"help": "relative perturbation norm"})
@@ -127,8 +128,8 @@ class AceConfig:
     anchor_push: float | None = field(
         default=None, metadata={"help": "push targets past the anchor (None: automatic)"}
     )
-    empty_anchor: Literal["auto", "prompt", "unconditional"] = field(
-        default="auto", metadata={"help": "what an empty anchor means"}
+    empty_anchor: Literal["prompt", "unconditional"] = field(
+        default="prompt", metadata={"help": "what an empty anchor means"}
     )
     mode: Literal["lora", "token_gate"] = field(
         default="lora", metadata={"help": "lora | token_gate"}
@@ -157,8 +158,8 @@ class AceConfig:
             (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
             (self.anchor_push is None or self.anchor_push >= 0, "anchor_push must be >= 0"),
             (
-                self.empty_anchor in ("auto", "prompt", "unconditional"),
-                "empty_anchor must be 'auto', 'prompt' or 'unconditional'",
+                self.empty_anchor in ("prompt", "unconditional"),
+                "empty_anchor must be 'prompt' or 'unconditional'",
             ),
             (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
         ]
@@ -198,23 +199,21 @@ def _add_targets(
     fitter.update_targets(targets, anchors, weights)
 
 
-# anchor_push=None: how far past an unconditional anchor the targets are pushed (measured on
-# ToyWorld's hazard: 0.5 and 1 both erased it fully, 2 overshot)
-AUTO_UNCONDITIONAL_PUSH = 0.5
+# anchor_push=None: how far explicit content (or any concept mapped onto the unconditional
+# prompt) is pushed past its anchor (ToyWorld's hazard: 0.5, 0.75 and 1 all erased it fully)
+AUTO_PUSH = 0.5
 
 
 def _unconditional_anchor(concept: Concept, config: AceConfig) -> bool:
     """Whether ``concept`` is mapped onto the empty prompt's tokens (see ``empty_anchor``)."""
-    return not concept.anchor and (
-        config.empty_anchor == "unconditional"
-        or (config.empty_anchor == "auto" and concept.kind == "explicit")
-    )
+    return not concept.anchor and config.empty_anchor == "unconditional"
 
 
 def _anchor_push(concept: Concept, config: AceConfig) -> float:
     if config.anchor_push is not None:
         return config.anchor_push
-    return AUTO_UNCONDITIONAL_PUSH if _unconditional_anchor(concept, config) else 0.0
+    pushed = concept.kind == "explicit" or _unconditional_anchor(concept, config)
+    return AUTO_PUSH if pushed else 0.0
 
 
 def _prompt_pairs(concept: Concept, config: AceConfig, names: Sequence[str] | None = None) -> list:

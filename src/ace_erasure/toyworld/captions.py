@@ -106,11 +106,12 @@ def object_caption(
     with_colour: bool = True,
     vocab: Vocabulary | None = None,
 ) -> str:
-    """Caption an object scene with a given template (and optional style template)."""
+    """Caption an object scene (or a shapeless blob: its colour only) with a given template and
+    optional style template."""
     vocab = vocab or vocabulary()
-    assert scene.shape is not None and scene.colour is not None
-    shape = shape_word or scene.shape
-    obj = f"{scene.colour} {shape}" if with_colour else shape
+    assert scene.colour is not None and (scene.shape is not None or scene.kind == "blob")
+    shape = shape_word or scene.shape or ""
+    obj = f"{scene.colour} {shape}".strip() if with_colour or not shape else shape
     text = template.format(obj=obj)
     if scene.style:
         artist = artist_word or scene.style
@@ -141,6 +142,20 @@ def caption(
             artist_word=_name(scene.style, vocab, rng, config.p_synonym) if scene.style else None,
             style_template=_pick(TRAIN_STYLE_TEMPLATES, rng),
             with_colour=rng.random() >= config.p_drop_colour,
+            vocab=vocab,
+        )
+    if scene.kind == "blob":
+        # no shape named ("a red", "a photo of a red in the style of Varela"): the prompt an
+        # object erasure maps "a red circle" to must not draw a particular shape
+        template = _pick(
+            TRAIN_OBJECT_TEMPLATES[:-1] if scene.style else TRAIN_OBJECT_TEMPLATES, rng
+        )
+        return object_caption(
+            scene,
+            template,
+            rng,
+            artist_word=_name(scene.style, vocab, rng, config.p_synonym) if scene.style else None,
+            style_template=_pick(TRAIN_STYLE_TEMPLATES, rng),
             vocab=vocab,
         )
     if scene.kind == "character":

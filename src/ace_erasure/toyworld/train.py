@@ -75,6 +75,9 @@ class ToyWorldTrainConfig:
         seed: seeds every stage (judge, VAE, data, UNet) through fixed offsets.
         image_size: image side in pixels.
         scene_mix: probabilities of object / character / hazard scenes in the diffusion data.
+        p_blob: share of shapeless blobs captioned by their colour alone ("a red"), so that a
+            prompt without a shape -- what an erased shape maps to -- draws no particular shape
+            (without them ToyWorld drew a square for "a red", and "square" could not be erased).
         p_style: probability that an object is drawn in one of the artists' styles.
         held_out_pairs: (colour, shape) pairs kept out of the diffusion training data.
         n_images: rendered images encoded once into the latent dataset.
@@ -93,6 +96,7 @@ class ToyWorldTrainConfig:
     seed: int = 0
     image_size: int = 32
     scene_mix: tuple[float, float, float] = (0.64, 0.26, 0.10)
+    p_blob: float = 0.04
     p_style: float = 0.5
     held_out_pairs: tuple[tuple[str, str], ...] = HELD_OUT_PAIRS
     n_images: int = 60_000
@@ -129,6 +133,8 @@ class ToyWorldTrainConfig:
             raise ConfigError("text_hidden must be divisible by text_heads")
         if min(self.steps, self.vae_steps, self.batch_size, self.n_images) <= 0:
             raise ConfigError("steps, vae_steps, batch_size and n_images must be positive")
+        if not 0 <= self.p_blob < 1:
+            raise ConfigError(f"p_blob must be in [0, 1), got {self.p_blob}")
         if any(c % 8 for c in (*self.unet_channels, *self.vae_channels)):
             raise ConfigError("UNet and VAE channel counts must be multiples of 8 (group norm)")
 
@@ -234,7 +240,7 @@ def sha256_file(path: Path) -> str:
 
 def _scene_arrays(scenes: list, vocab: Vocabulary) -> dict[str, torch.Tensor]:
     """Scene metadata as int tensors (kind, shape, colour, style, character; -1 = none)."""
-    kinds = ("object", "character", "hazard")
+    kinds = ("object", "character", "hazard", "blob")
 
     def index(options, value) -> int:
         return list(options).index(value) if value is not None else -1
@@ -256,7 +262,7 @@ def _scene_from_row(row: list[int], vocab: Vocabulary):
     from ace_erasure.toyworld.render import Scene
 
     kind, shape, colour, style, character = row
-    kind_name = ("object", "character", "hazard")[kind]
+    kind_name = ("object", "character", "hazard", "blob")[kind]
     return Scene(
         kind_name,  # type: ignore[arg-type]
         shape=vocab.shapes[shape] if shape >= 0 else None,
@@ -289,7 +295,8 @@ def _stage_judge(config: ToyWorldTrainConfig, out: Path, progress: Progress | No
 def _diffusion_scenes(
     config: ToyWorldTrainConfig, n: int, rng: np.random.Generator, vocab: Vocabulary
 ):
-    mix = (*config.scene_mix, 0.0, 0.0)  # no blobs or blank scenes in the diffusion data
+    # captioned blobs (p_blob), no empty backgrounds
+    mix = (*(p * (1 - config.p_blob) for p in config.scene_mix), config.p_blob, 0.0)
     held_out = frozenset(config.held_out_pairs)
     return [sample_scene(rng, vocab, mix, config.p_style, exclude_pairs=held_out) for _ in range(n)]
 
