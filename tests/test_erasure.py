@@ -249,6 +249,7 @@ def test_automatic_anchor_push_for_explicit_content_and_unconditional_anchors(ti
         edit(thing, empty_anchor="unconditional"),
         edit(thing, empty_anchor="unconditional", anchor_push=0.5),
     )
+    assert erase(pipe, [explicit, thing]).stats["anchor_push"] == {"gore": 0.5, "circle": 0.0}
     # a pushed edit moves the concept further than an unpushed one
     assert edit(explicit).norm() > edit(explicit, anchor_push=0.0).norm()
 

@@ -52,9 +52,9 @@ class AceConfig:
     Args:
         ridge: relative ridge λ (λ = ridge x mean eigenvalue of the system); larger = smaller,
             safer edits. Must be > 0 unless the system is well determined.
-        preserve_weight: weight λ_p of the preserve set against the targets. 5 is where ToyWorld's
-            shapes and characters kept other concepts within 3 points (1: up to 11 points lost;
-            10: no loss but weaker erasure); see benchmarks/README.md.
+        preserve_weight: weight λ_p of the preserve set against the targets. 5 is where the first
+            ToyWorld's shapes and characters kept other concepts within 3 points (1: up to 11
+            points lost; 10: no loss but weaker erasure); see benchmarks/README.md.
         suffix_weight: total weight of the tokens after the concept in a prompt (words, EOS,
             padding: ~70 tokens) relative to the concept's own tokens; spread evenly over them so
             that the padding does not outnumber the concept. 0 edits only the concept tokens.
@@ -524,6 +524,8 @@ def fit(
         "ridge_absolute": solution.ridge_absolute,
         "rank": rank,
         "mean_gate": float(torch.cat([g for g in gates.values()]).mean()),
+        # the push each concept got (anchor_push=None resolves per concept)
+        "anchor_push": {c.name: _anchor_push(c, config) for c in concepts},
         "seconds": {k: round(v, 4) for k, v in timings.items()},
     }
     logger.info("ACE fit: %s", stats)
