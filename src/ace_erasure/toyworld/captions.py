@@ -129,8 +129,9 @@ def caption(
 ) -> str:
     """A random training caption for ``scene`` (never a held-out template)."""
     vocab = vocab or vocabulary()
-    if scene.kind == "object":
-        assert scene.shape is not None
+    if scene.kind in ("object", "blob"):
+        # a blob names no shape ("a red", "a photo of a red in the style of Varela"): the prompt
+        # an object erasure maps "a red circle" to must not draw a particular shape
         template = _pick(
             TRAIN_OBJECT_TEMPLATES[:-1] if scene.style else TRAIN_OBJECT_TEMPLATES, rng
         )
@@ -138,24 +139,10 @@ def caption(
             scene,
             template,
             rng,
-            shape_word=_name(scene.shape, vocab, rng, config.p_synonym),
+            shape_word=_name(scene.shape, vocab, rng, config.p_synonym) if scene.shape else None,
             artist_word=_name(scene.style, vocab, rng, config.p_synonym) if scene.style else None,
             style_template=_pick(TRAIN_STYLE_TEMPLATES, rng),
-            with_colour=rng.random() >= config.p_drop_colour,
-            vocab=vocab,
-        )
-    if scene.kind == "blob":
-        # no shape named ("a red", "a photo of a red in the style of Varela"): the prompt an
-        # object erasure maps "a red circle" to must not draw a particular shape
-        template = _pick(
-            TRAIN_OBJECT_TEMPLATES[:-1] if scene.style else TRAIN_OBJECT_TEMPLATES, rng
-        )
-        return object_caption(
-            scene,
-            template,
-            rng,
-            artist_word=_name(scene.style, vocab, rng, config.p_synonym) if scene.style else None,
-            style_template=_pick(TRAIN_STYLE_TEMPLATES, rng),
+            with_colour=scene.kind == "blob" or rng.random() >= config.p_drop_colour,
             vocab=vocab,
         )
     if scene.kind == "character":
