@@ -140,6 +140,7 @@ def time_erase(pipe, concepts: list[str], config: AceConfig, repeats: int) -> di
         start = time.perf_counter()
         erasure = erase(pipe, concepts, config=config, seed=seed)
         runs.append((time.perf_counter() - start, erasure.stats["seconds"]))
+        passes = erasure.stats["encoder_passes"]
     totals = [r[0] for r in runs]
     median_run = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
     return {
@@ -148,6 +149,7 @@ def time_erase(pipe, concepts: list[str], config: AceConfig, repeats: int) -> di
         "seconds_all": totals,
         "stage_seconds_of_median_run": median_run[1],
         "rank": erasure.rank,
+        "encoder_passes": passes,
     }
 
 
@@ -228,8 +230,9 @@ def main() -> None:
         f"{results['torch_threads']} torch threads; median of {args.repeats} runs (100-concept runs: "
         f"{max(1, args.repeats // 3)}); peak RSS of the whole process {results['peak_rss_mb']:.0f} MB.",
         "",
-        "| model | config | concepts | seconds | targets | preserve | solve | gates | rank |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | config | concepts | seconds | targets | preserve | solve | gates | rank "
+        "| encoder passes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, entries in results["models"].items():
         for name in configs:
@@ -237,7 +240,8 @@ def main() -> None:
                 st = r["stage_seconds_of_median_run"]
                 lines.append(
                     f"| {model} | {name} | {count} | {r['seconds_median']:.2f} | {st['targets']:.2f} | "
-                    f"{st['preserve']:.2f} | {st['solve']:.2f} | {st['gates']:.2f} | {r['rank']} |"
+                    f"{st['preserve']:.2f} | {st['solve']:.2f} | {st['gates']:.2f} | {r['rank']} | "
+                    f"{r['encoder_passes']} |"
                 )
     if "override" in configs:
         lines += [

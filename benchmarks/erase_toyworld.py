@@ -174,7 +174,19 @@ def concept_row(
         "rank": stats.get("rank"),
         "mean_gate": stats.get("mean_gate"),
         "labels_named": _histogram(erased, **named),
+        # which other concepts were lost (and what the unedited model got wrong already)
+        "others_wrong": _wrong(others_e),
+        "others_wrong_base": _wrong(others_b),
     }
+
+
+def _wrong(outcomes: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        if not o["correct"]:
+            key = f"{o['concept']} -> {o['label']}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def base_group(family: str, synonyms: bool) -> str:

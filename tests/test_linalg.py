@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from ace_erasure.errors import ConfigError
-from ace_erasure.linalg import RidgeEditFitter, rank_for_energy, solve_ridge_edit, truncate_rank
+from ace_erasure.linalg import (
+    RidgeEditFitter,
+    rank_for_energy,
+    solve_ridge_edit,
+    top_singular,
+    truncate_rank,
+)
 
 
 def _oracle_delta(weight, targets, anchors, preserve, w_target, lam_p, lam):
@@ -123,3 +129,36 @@ def test_rank_for_energy():
     assert rank_for_energy(delta, 0.99999) == 2
     assert rank_for_energy(delta, 0.9999999) == 3
     assert rank_for_energy(torch.zeros(3, 3), 0.99) == 1
+
+
+def _decaying(out: int, dim: int, seed: int) -> torch.Tensor:
+    """A matrix with geometrically decaying singular values, like an edit Δ = W G."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(out, dim, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64)).Q
+    s = 0.9 ** torch.arange(dim, dtype=torch.float64)
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("rank", [4, 32])
+def test_randomised_top_singular_matches_the_full_svd(rank):
+    delta = _decaying(320, 200, seed=rank)
+    top = top_singular(delta, rank, torch.Generator().manual_seed(0))
+    s = torch.linalg.svdvals(delta)
+    assert torch.allclose(top.s, s[:rank], rtol=1e-9, atol=0)
+    up, down = top.factors(rank)
+    error = torch.linalg.matrix_norm(delta - up @ down) ** 2
+    assert torch.isclose(error, (s[rank:] ** 2).sum(), rtol=1e-8)
+    exact = rank_for_energy(delta, 0.9)  # 11
+    assert top.rank_for_energy(0.9) == (exact if exact <= rank else rank + 1)
+    # seeded: the same factors again, bit for bit
+    again = top_singular(delta, rank, torch.Generator().manual_seed(0)).factors(rank)
+    assert torch.equal(up, again[0]) and torch.equal(down, again[1])
+
+
+def test_top_singular_reports_unreached_energy():
+    delta = _decaying(100, 80, seed=1)
+    top = top_singular(delta, 5, torch.Generator().manual_seed(0))
+    assert top.rank_for_energy(0.9999) == 6  # more than the 5 triplets computed
+    with pytest.raises(ValueError, match="exceeds"):
+        top.factors(8)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ace_erasure.models.plumbing import (
+    PromptEncoder,
     TokenSpan,
     aligned_positions,
     cross_attention_layers,
@@ -77,3 +78,28 @@ def test_fingerprint_ignores_float16_rounding_and_sees_edits(tiny_pipes):
         assert fingerprint(pipe) != before
         module.to_v.weight.copy_(original)
     assert fingerprint(pipe) == before
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_prompt_encoder_remembers_prompts_and_can_run_in_bfloat16(tiny_pipes, family):
+    pipe = tiny_pipes(family)
+    prompts = ["a red circle", "a photo of a cat", "a red circle"]
+    reference = encode_prompts(pipe, prompts)
+    encode = PromptEncoder(pipe)
+    assert torch.allclose(encode(prompts), reference, atol=1e-6)
+    assert encode.passes == 2  # the repeated prompt ran once
+    encode(["a photo of a cat", ""])
+    assert encode.passes == 3
+
+    originals = [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
+    half = PromptEncoder(pipe, torch.bfloat16)
+    low = half(prompts)
+    assert low.dtype == torch.float32
+    error = (low - reference).norm(dim=-1) / reference.norm(dim=-1)
+    assert 0 < float(error.max()) < 0.05  # bfloat16 rounding, nothing worse
+    noisy = half.perturbed(prompts[:1], [[3]], 0.3, torch.Generator().manual_seed(0))
+    assert not torch.allclose(noisy[0, 3:], low[0, 3:], atol=1e-3)  # the copies get the noise
+    # the pipeline's own encoders are back, untouched and still float32
+    assert [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)] == originals
+    assert pipe.text_encoder.dtype == torch.float32
+    assert torch.equal(encode_prompts(pipe, prompts), reference)

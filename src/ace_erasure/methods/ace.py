@@ -28,13 +28,12 @@ import torch
 
 from ace_erasure.concepts import Concept, prompt_pairs
 from ace_erasure.errors import ConfigError
-from ace_erasure.linalg import RidgeEditFitter, rank_for_energy, truncate_rank
+from ace_erasure.linalg import RidgeEditFitter, top_singular
 from ace_erasure.models.plumbing import (
+    PromptEncoder,
     aligned_positions,
     base_linear,
     cross_attention_layers,
-    encode_prompts,
-    perturbed_token_embeddings,
     token_span,
     tokenizers,
 )
@@ -42,6 +41,9 @@ from ace_erasure.prompts import general_prompts, related_pairs
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
+
+
+_ENCODE_DTYPES: dict[str, torch.dtype | None] = {"model": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -89,6 +91,10 @@ class AceConfig:
             "prompt" = the same prompt without the concept ("a red"); "unconditional" = the
             empty prompt's tokens (the model's unconditional distribution, as in ESD). The words
             before the concept keep their own tokens either way.
+        encode_dtype: "model" encodes the statistics' prompts with the pipeline's text
+            encoder(s) as loaded; "bfloat16" with bfloat16 copies of them (a CPU speed-up: ~3.7x
+            for a CLIP-L-sized encoder on this project's AVX-512-BF16 CPUs, where prompt
+            encoding is most of the time; embeddings deviate ~0.7 %; see benchmarks/README.md).
         mode: "lora" (the edit applies to every token: a standard LoRA) or "token_gate" (an
             attention processor applies it only to tokens in the concept subspace; the saved
             LoRA stays available for stock diffusers as its linearisation).
@@ -131,6 +137,9 @@ class AceConfig:
     empty_anchor: Literal["prompt", "unconditional"] = field(
         default="prompt", metadata={"help": "what an empty anchor means"}
     )
+    encode_dtype: Literal["model", "bfloat16"] = field(
+        default="model", metadata={"help": "text-encoder dtype for the statistics"}
+    )
     mode: Literal["lora", "token_gate"] = field(
         default="lora", metadata={"help": "lora | token_gate"}
     )
@@ -156,6 +165,10 @@ class AceConfig:
                 "gate_steps, gate_prompts and gate_max_prompts must be >= 1",
             ),
             (self.mode in ("lora", "token_gate"), "mode must be 'lora' or 'token_gate'"),
+            (
+                self.encode_dtype in _ENCODE_DTYPES,
+                "encode_dtype must be 'model' or 'bfloat16'",
+            ),
             (self.anchor_push is None or self.anchor_push >= 0, "anchor_push must be >= 0"),
             (
                 self.empty_anchor in ("prompt", "unconditional"),
@@ -228,14 +241,19 @@ def _prompt_pairs(concept: Concept, config: AceConfig, names: Sequence[str] | No
 
 
 def _collect_targets(
-    pipe, concept: Concept, config: AceConfig, fitter: RidgeEditFitter, generator: torch.Generator
+    pipe,
+    encode: PromptEncoder,
+    concept: Concept,
+    config: AceConfig,
+    fitter: RidgeEditFitter,
+    generator: torch.Generator,
 ) -> int:
     """Stage 0 for one concept: add its (target, anchor) token pairs to the fitter."""
     tokenizer = tokenizers(pipe)[0]
     pairs = _prompt_pairs(concept, config)
     texts = [p.text for p in pairs]
     anchor_texts = list(dict.fromkeys(p.anchor_text for p in pairs))
-    anchor_embeds = dict(zip(anchor_texts, encode_prompts(pipe, anchor_texts)))
+    anchor_embeds = dict(zip(anchor_texts, encode(anchor_texts)))
     # per prompt: concept-prompt positions, their aligned anchor rows, and the token weights
     sources, anchors, weights, concept_positions = [], [], [], []
     for pair in pairs:
@@ -262,15 +280,17 @@ def _collect_targets(
         return len(targets)
 
     fitter.begin_group(1.0)
-    count = add(encode_prompts(pipe, texts), list(range(len(pairs))))
+    count = add(encode(texts), list(range(len(pairs))))
     # mined neighbours: perturb the concept's input token embeddings, keep the same anchors
     n_templates = len(concept.templates)
     mined = [i for i in range(len(pairs)) if i % n_templates < config.neighbour_templates]
     for _ in range(config.neighbours if mined else 0):
-        with perturbed_token_embeddings(
-            pipe, [concept_positions[i] for i in mined], config.neighbour_radius, generator
-        ):
-            noisy = encode_prompts(pipe, [texts[i] for i in mined], batch_size=len(mined))
+        noisy = encode.perturbed(
+            [texts[i] for i in mined],
+            [concept_positions[i] for i in mined],
+            config.neighbour_radius,
+            generator,
+        )
         count += add(noisy, mined)
     return count
 
@@ -409,10 +429,11 @@ def fit(
     layers = cross_attention_layers(pipe.unet)
     dim = base_linear(layers[0][1].to_k).in_features
     fitter = RidgeEditFitter(dim)
+    encode = PromptEncoder(pipe, _ENCODE_DTYPES[config.encode_dtype])
 
     n_targets = 0
     for i, concept in enumerate(concepts):
-        n_targets += _collect_targets(pipe, concept, config, fitter, generator)
+        n_targets += _collect_targets(pipe, encode, concept, config, fitter, generator)
         if progress:
             progress("targets", i + 1, len(concepts))
     timings["targets"] = time.perf_counter() - start
@@ -426,7 +447,7 @@ def fit(
     general = general_prompts(
         concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed
     )
-    preserve_embeds = encode_prompts(pipe, [p.text for p in related] + general)
+    preserve_embeds = encode([p.text for p in related] + general)
     if related:
         rows, row_weights = [], []
         for i, pair in enumerate(related):
@@ -450,8 +471,16 @@ def fit(
     for name, module in layers:
         for proj in ("to_k", "to_v"):
             deltas[f"{name}.{proj}"] = solution.delta(base_linear(getattr(module, proj)).weight)
+    # the leading singular triplets of every edit, once (randomised, seeded: see top_singular)
+    svd_generator = torch.Generator().manual_seed(seed)
+    tops = {
+        key: top_singular(
+            delta, min(config.rank or config.max_rank, min(delta.shape)), svd_generator
+        )
+        for key, delta in deltas.items()
+    }
     rank = config.rank or min(
-        config.max_rank, max(rank_for_energy(d, config.rank_energy) for d in deltas.values())
+        config.max_rank, max(top.rank_for_energy(config.rank_energy) for top in tops.values())
     )
     token_gate = None
     if config.mode == "token_gate":
@@ -486,8 +515,8 @@ def fit(
         gate_prompts = [p.text for p in chosen]
         anchor_prompts = [p.anchor_text for p in chosen]
         queries = _record_queries(pipe, gate_prompts, config, seed)
-        concept_embeds = encode_prompts(pipe, gate_prompts)
-        anchor_embeds = encode_prompts(pipe, anchor_prompts)
+        concept_embeds = encode(gate_prompts)
+        anchor_embeds = encode(anchor_prompts)
         sample = torch.randperm(len(preserve_embeds), generator=generator)[: len(gate_prompts)]
         preserve_sample = preserve_embeds[sample] if len(preserve_embeds) else concept_embeds[:0]
         for name, module in layers:
@@ -508,7 +537,7 @@ def fit(
     edits = {}
     for name, _ in layers:
         for proj in ("to_k", "to_v"):
-            up, down = truncate_rank(deltas[f"{name}.{proj}"], rank)
+            up, down = tops[f"{name}.{proj}"].factors(rank)
             gate = gates[name]
             rows_per_head = up.shape[0] // len(gate)
             up = up * gate.double().repeat_interleave(rows_per_head).unsqueeze(1)
@@ -516,6 +545,7 @@ def fit(
     timings["total"] = time.perf_counter() - start
     stats = {
         "target_vectors": n_targets,
+        "encoder_passes": encode.passes,
         "preserve_prompts": len(related) + len(general),
         "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1])
         if len(preserve_embeds)

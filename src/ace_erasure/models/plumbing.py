@@ -5,6 +5,8 @@
 - :func:`encode_prompts`: the token embeddings the UNet's cross-attention sees, through the
   pipeline's own ``encode_prompt`` (so clip-skip, SDXL's two encoders etc. are exactly as at
   sampling time), optionally with a perturbation of chosen input token embeddings.
+- :class:`PromptEncoder`: :func:`encode_prompts` for one erasure — remembers prompts that recur
+  (anchors, concept prompts reused by the gates) and can run the encoder(s) in bfloat16.
 - :func:`token_span` / :func:`aligned_positions`: where a concept sits in a tokenised
   prompt, and which anchor-prompt position each concept-prompt position is mapped to.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -224,3 +227,64 @@ def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.
             embeds = pipe.encode_prompt(batch, device, 1, False)[0]
         chunks.append(embeds.float())
     return torch.cat(chunks)
+
+
+_ENCODER_ATTRIBUTES = ("text_encoder", "text_encoder_2")
+
+
+class PromptEncoder:
+    """:func:`encode_prompts` for the duration of one erasure.
+
+    - Prompts encoded without perturbation are remembered, so that prompts shared by concepts
+      (the anchor "a photo of a" of 100 objects) or stages (the gates reuse concept prompts) run
+      through the text encoder once.
+    - ``dtype``: run copies of the text encoder(s) in this dtype (e.g. ``torch.bfloat16``: ~3.7x
+      faster for a CLIP-L-sized encoder on an AVX-512-BF16 CPU, ~0.7 % relative deviation of
+      the embeddings). The pipeline's own encoders are swapped back after every call, so
+      sampling with the pipeline is never affected. None: the pipeline's encoders as they are.
+    """
+
+    def __init__(self, pipe, dtype: torch.dtype | None = None) -> None:
+        self.pipe = pipe
+        self.cache: dict[str, torch.Tensor] = {}
+        self.passes = 0  # prompts that went through the text encoder(s)
+        self._copies: dict[str, nn.Module] = {}
+        for attribute in _ENCODER_ATTRIBUTES:
+            encoder = getattr(pipe, attribute, None)
+            if dtype is not None and encoder is not None and encoder.dtype != dtype:
+                self._copies[attribute] = copy.deepcopy(encoder).to(dtype)
+
+    @contextlib.contextmanager
+    def _encoders(self) -> Iterator[None]:
+        originals = {a: getattr(self.pipe, a) for a in self._copies}
+        try:
+            for attribute, encoder in self._copies.items():
+                setattr(self.pipe, attribute, encoder)
+            yield
+        finally:
+            for attribute, encoder in originals.items():
+                setattr(self.pipe, attribute, encoder)
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(n_prompts, tokens, context_dim) embeddings; each distinct prompt encoded once."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            with self._encoders():
+                embeds = encode_prompts(self.pipe, missing)
+            self.passes += len(missing)
+            self.cache.update(zip(missing, embeds))
+        return torch.stack([self.cache[p] for p in prompts])
+
+    def perturbed(
+        self,
+        prompts: Sequence[str],
+        positions: Sequence[Sequence[int]],
+        radius: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Embeddings of ``prompts`` with their input token embeddings at ``positions``
+        perturbed (see :func:`perturbed_token_embeddings`); never remembered."""
+        with self._encoders(), perturbed_token_embeddings(self.pipe, positions, radius, generator):
+            embeds = encode_prompts(self.pipe, prompts, batch_size=len(prompts))
+        self.passes += len(prompts)
+        return embeds
