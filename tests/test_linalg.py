@@ -162,3 +162,21 @@ def test_top_singular_reports_unreached_energy():
     assert top.rank_for_energy(0.9999) == 6  # more than the 5 triplets computed
     with pytest.raises(ValueError, match="exceeds"):
         top.factors(8)
+
+
+def test_target_residual_is_the_missed_fraction_of_the_shift():
+    g = torch.Generator().manual_seed(3)
+    targets = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    anchors = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    fitter = RidgeEditFitter(6)
+    fitter.update_targets(targets, anchors)
+    assert fitter.target_residual(torch.zeros(6, 6, dtype=torch.float64)) == pytest.approx(1.0)
+    # the unconstrained least-squares edit misses exactly what no linear map can reach
+    edit = torch.linalg.lstsq(targets, anchors - targets).solution.T
+    missed = (targets @ edit.T - (anchors - targets)).square().sum() / (
+        (anchors - targets).square().sum()
+    )
+    assert fitter.target_residual(edit) == pytest.approx(float(missed), rel=1e-9)
+    assert fitter.target_residual(fitter.solve(0.0, 1e-9).edit) == pytest.approx(
+        float(missed), rel=1e-6
+    )

@@ -64,3 +64,29 @@ def test_a_style_is_erased_and_its_neighbours_kept(toyworld_pipe, toyworld_judge
     assert before.count(target) >= 6, before
     assert after.count(target) <= 1, after
     assert kept.count(other) >= 6, kept
+
+
+def test_preserve_rounds_move_mass_to_the_concept_the_edit_changes_most(toyworld_pipe):
+    from ace_erasure import AceConfig
+
+    plain = erase(toyworld_pipe, ["circle"], config=AceConfig(gate="none")).stats
+    shares = plain["related_shares"]
+    assert len(shares) == 9 and abs(sum(shares.values()) - 1) < 1e-3
+    most_changed = max(plain["related_change"], key=plain["related_change"].get)
+    focused = erase(toyworld_pipe, ["circle"], config=AceConfig(gate="none", preserve_rounds=2))
+    moved = focused.stats["related_shares"]
+    assert max(moved, key=moved.get) == most_changed
+    assert moved[most_changed] > 2 * shares[most_changed]
+    assert abs(sum(moved.values()) - 1) < 1e-3
+
+
+def test_gates_are_clipped_to_gate_max(toyworld_pipe):
+    from ace_erasure import AceConfig
+
+    def gates(**kw):
+        return erase(toyworld_pipe, ["hexagon"], config=AceConfig(**kw)).gates
+
+    clipped = [max(g) for g in gates().values()]
+    free = [max(g) for g in gates(gate_max=2.0).values()]
+    assert max(clipped) <= 1.0 and max(free) <= 2.0
+    assert max(free) > 1.0  # hexagon's unclipped layer gates are ~1.3-1.6 on ToyWorld

@@ -38,6 +38,7 @@ class RidgeEditFitter:
         self.target_gram = torch.zeros(dim, dim, dtype=torch.float64)
         self.shift_cross = torch.zeros(dim, dim, dtype=torch.float64)
         self.preserve_gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.shift_energy = 0.0  # Σ w ‖a − t‖²: what an edit must move the targets by
         self.n_targets = 0
         self.n_preserve = 0
         self._group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -80,6 +81,7 @@ class RidgeEditFitter:
             scale = (w * self._group_weight / total).unsqueeze(1)
             self.target_gram += (t * scale).T @ t
             self.shift_cross += ((a - t) * scale).T @ t
+            self.shift_energy += float(((a - t).square() * scale).sum())
         self._group = []
 
     @torch.no_grad()
@@ -105,8 +107,24 @@ class RidgeEditFitter:
         self._flush()
         return self.target_gram, self.shift_cross, self.preserve_gram
 
-    def solve(self, preserve_weight: float, ridge: float) -> EditSolution:
-        target_gram, shift_cross, preserve_gram = self.statistics()
+    def target_residual(self, edit: torch.Tensor) -> float:
+        """Σ w ‖G t − (a − t)‖² / Σ w ‖a − t‖²: the fraction of the targets' required shift
+        that the edit ``G`` misses (0: every target reaches its anchor; 1: no edit)."""
+        target_gram, shift_cross, _ = self.statistics()
+        if self.shift_energy == 0:
+            return 0.0
+        missed = (
+            ((edit @ target_gram) * edit).sum() - 2 * (shift_cross * edit).sum() + self.shift_energy
+        )
+        return float(missed) / self.shift_energy
+
+    def solve(
+        self, preserve_weight: float, ridge: float, preserve_gram: torch.Tensor | None = None
+    ) -> EditSolution:
+        """Solve with the accumulated statistics; ``preserve_gram`` (d x d) replaces the
+        accumulated preserve statistics when given (e.g. re-weighted preserve groups)."""
+        target_gram, shift_cross, accumulated = self.statistics()
+        preserve_gram = accumulated if preserve_gram is None else preserve_gram.double()
         if self.n_targets == 0:
             raise ConfigError("no target embeddings were collected: nothing to erase")
         return solve_ridge_edit(target_gram, shift_cross, preserve_gram, preserve_weight, ridge)

@@ -75,10 +75,17 @@ class AceConfig:
         gate_prompts: concept prompts used for the queries (per concept).
         gate_max_prompts: cap on the query prompts of all concepts together (round-robin).
         gate_resolution: image side (pixels) used for the query run; None = the model's default.
+        gate_max: gates are clipped to [0, gate_max]; DESIGN's gates lie in [0, 1].
         gate_preserve_weight: weight of the preserve term in the gate objective.
         gate_queries: query rows kept per layer and prompt (random subsample).
         preserve_general: number of general captions in the preserve set (ToyWorld: grammar
             captions; other models: the shipped caption list, all of it).
+        preserve_rounds: the related concepts' preserve group starts with each concept's share
+            of its weight; after each solve, each share is multiplied by how much the edit
+            changes that concept (‖G p‖² / ‖p‖² over its rows, normalised) and the edit is
+            solved again, this many times. Specificity is judged per concept, so the mass goes
+            where it is lost (ToyWorld: erasing "circle" also erased "hexagon").
+        preserve_focus: the damage enters that product raised to this power (0: no effect).
         anchor_push: push the targets past the anchor, away from the concept:
             a + anchor_push (a − t) (negative guidance in embedding space, as ESD does for noise).
             None = automatic: 0.5 for explicit content and wherever the anchor is the
@@ -126,11 +133,18 @@ class AceConfig:
     gate_resolution: int | None = field(
         default=None, metadata={"help": "image side for the query run"}
     )
+    gate_max: float = field(default=1.0, metadata={"help": "upper clip of the gates"})
     gate_preserve_weight: float = field(
         default=1.0, metadata={"help": "preserve weight in the gate"}
     )
     gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
     preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
+    preserve_rounds: int = field(
+        default=0, metadata={"help": "re-solves shifting preserve mass to harmed concepts"}
+    )
+    preserve_focus: float = field(
+        default=1.0, metadata={"help": "exponent of the damage in that re-weighting"}
+    )
     anchor_push: float | None = field(
         default=None, metadata={"help": "push targets past the anchor (None: automatic)"}
     )
@@ -155,8 +169,10 @@ class AceConfig:
             (self.preserve_weight >= 0, "preserve_weight must be >= 0"),
             (self.suffix_weight >= 0, "suffix_weight must be >= 0"),
             (self.neighbours >= 0, "neighbours must be >= 0"),
+            (self.preserve_rounds >= 0, "preserve_rounds must be >= 0"),
             (self.neighbour_radius >= 0, "neighbour_radius must be >= 0"),
             (self.rank is None or self.rank >= 1, "rank must be >= 1"),
+            (self.gate_max > 0, "gate_max must be > 0"),
             (0 < self.rank_energy <= 1, "rank_energy must be in (0, 1]"),
             (self.max_rank >= 1, "max_rank must be >= 1"),
             (self.gate in ("layer", "head", "none"), "gate must be 'layer', 'head' or 'none'"),
@@ -394,7 +410,7 @@ def _gates(
     )
     if config.gate == "layer":
         numerator, denominator = numerator.sum(0, keepdim=True), denominator.sum(0, keepdim=True)
-    return (numerator / denominator.clamp(min=1e-12)).clamp(0.0, 1.0)
+    return (numerator / denominator.clamp(min=1e-12)).clamp(0.0, config.gate_max)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,25 +464,48 @@ def fit(
         concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed
     )
     preserve_embeds = encode([p.text for p in related] + general)
-    if related:
-        rows, row_weights = [], []
-        for i, pair in enumerate(related):
-            span = token_span(tokenizer, pair.before, pair.through)
-            rows.append(preserve_embeds[i, span.start :])
-            row_weights.append(
-                _token_weights(len(rows[-1]), span.stop - span.start, config.suffix_weight)
-            )
-        weights = torch.cat(row_weights)
-        fitter.update_preserve(torch.cat(rows), row_weights=weights / weights.sum())
+    related_grams: dict[str, torch.Tensor] = {}
+    related_mass: dict[str, float] = {}
+    for i, pair in enumerate(related):
+        span = token_span(tokenizer, pair.before, pair.through)
+        rows = preserve_embeds[i, span.start :].double()
+        weights = _token_weights(len(rows), span.stop - span.start, config.suffix_weight).double()
+        name = pair.through[len(pair.before) :].strip().lower()
+        related_grams[name] = related_grams.get(name, 0) + (rows * weights[:, None]).T @ rows
+        related_mass[name] = related_mass.get(name, 0.0) + float(weights.sum())
+    grams = [related_grams[n] / related_mass[n] for n in related_grams]
+    share = torch.tensor([related_mass[n] for n in related_grams], dtype=torch.float64)
+    share = share / share.sum() if len(share) else share
+    general_gram = None
     if general:
-        rows_general = preserve_embeds[len(related) :].reshape(-1, dim)
-        fitter.update_preserve(
-            rows_general, row_weights=torch.full((len(rows_general),), 1.0 / len(rows_general))
-        )
+        rows_general = preserve_embeds[len(related) :].reshape(-1, dim).double()
+        general_gram = rows_general.T @ rows_general / len(rows_general)
+
+    def preserve_gram(share: torch.Tensor) -> torch.Tensor:
+        groups = [sum(a * g for a, g in zip(share.tolist(), grams))] if grams else []
+        groups += [general_gram] if general_gram is not None else []
+        if not groups:
+            return torch.zeros(dim, dim, dtype=torch.float64)
+        return sum(groups) / len(groups)
+
     timings["preserve"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    solution = fitter.solve(config.preserve_weight, config.ridge)
+    solution = fitter.solve(config.preserve_weight, config.ridge, preserve_gram(share))
+
+    def damage(edit: torch.Tensor) -> torch.Tensor:
+        """How much the edit changes each related concept's rows: ‖G p‖² / ‖p‖²."""
+        return torch.stack([((edit @ g) * edit).sum() / g.trace() for g in grams])
+
+    target_gram = fitter.statistics()[0]
+    own_change = float(((solution.edit @ target_gram) * solution.edit).sum() / target_gram.trace())
+    first_damage = damage(solution.edit) if grams else torch.zeros(0)
+    # Related concepts that the edit changes most get more of their group's mass, and the edit
+    # is solved again (multiplicative weights on the worst-case specificity; see AceConfig).
+    for _ in range(config.preserve_rounds if len(grams) > 1 else 0):
+        share = share * damage(solution.edit).clamp(min=1e-300) ** config.preserve_focus
+        share = share / share.sum()
+        solution = fitter.solve(config.preserve_weight, config.ridge, preserve_gram(share))
     deltas: dict[str, torch.Tensor] = {}
     for name, module in layers:
         for proj in ("to_k", "to_v"):
@@ -486,12 +525,13 @@ def fit(
     if config.mode == "token_gate":
         from ace_erasure.processors import concept_subspace, mask_parameters
 
-        target_gram, _, preserve_gram = fitter.statistics()
-        basis = concept_subspace(target_gram, preserve_gram, min(config.token_gate_rank, dim))
+        target_gram, _, _ = fitter.statistics()
+        kept_gram = preserve_gram(share)
+        basis = concept_subspace(target_gram, kept_gram, min(config.token_gate_rank, dim))
         threshold, sharpness = mask_parameters(
             basis,
             target_gram,
-            preserve_gram,
+            kept_gram,
             config.token_gate_threshold,
             config.token_gate_sharpness,
         )
@@ -517,8 +557,21 @@ def fit(
         queries = _record_queries(pipe, gate_prompts, config, seed)
         concept_embeds = encode(gate_prompts)
         anchor_embeds = encode(anchor_prompts)
-        sample = torch.randperm(len(preserve_embeds), generator=generator)[: len(gate_prompts)]
-        preserve_sample = preserve_embeds[sample] if len(preserve_embeds) else concept_embeds[:0]
+        # the preserve side of the gates: the related concepts' prompts (round-robin over them,
+        # as many as there are gate prompts) and as many random general captions
+        n = len(gate_prompts)
+        by_name: dict[str, list[int]] = {}
+        for i, pair in enumerate(related):
+            by_name.setdefault(pair.through[len(pair.before) :].strip().lower(), []).append(i)
+        picked = [
+            ids[k]
+            for k in range(max(map(len, by_name.values()), default=0))
+            for ids in by_name.values()
+            if k < len(ids)
+        ][:n]
+        general_ids = len(related) + torch.randperm(len(general), generator=generator)[:n]
+        sample = torch.tensor(picked + general_ids.tolist(), dtype=torch.long)
+        preserve_sample = preserve_embeds[sample] if len(sample) else concept_embeds[:0]
         for name, module in layers:
             gates[name] = _gates(
                 module,
@@ -547,6 +600,12 @@ def fit(
         "target_vectors": n_targets,
         "encoder_passes": encode.passes,
         "preserve_prompts": len(related) + len(general),
+        # relative change of each related concept (first solve), in units of the concept's own
+        "related_change": {
+            n: round(float(d) / max(own_change, 1e-300), 4)
+            for n, d in zip(related_grams, first_damage)
+        },
+        "related_shares": {n: round(float(a), 4) for n, a in zip(related_grams, share)},
         "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1])
         if len(preserve_embeds)
         else 0,
