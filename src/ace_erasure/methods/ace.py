@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from ace_erasure.concepts import Concept, prompt_pairs
+from ace_erasure.concepts import Concept, PromptPair, prompt_pairs
 from ace_erasure.errors import ConfigError
 from ace_erasure.linalg import RidgeEditFitter, top_singular
 from ace_erasure.models.plumbing import (
@@ -414,6 +414,97 @@ def _gates(
 
 
 # --------------------------------------------------------------------------------------------
+# Preserve set
+
+
+def _named(pair: PromptPair) -> str:
+    """The name a related-concept prompt names (its text between ``before`` and ``through``)."""
+    return pair.through[len(pair.before) :].strip().lower()
+
+
+@dataclass
+class _PreserveSet:
+    """What an edit must keep, as d x d statistics in float64: one Gram matrix per related
+    concept (its name tokens weighted like the targets', the suffix sharing ``suffix_weight``,
+    so the few rows that tell "triangle" from "diamond" are not drowned by ~70 padding rows)
+    and one for the general captions (every token). The two groups have equal mass; within
+    the related group each concept has a share (initially its weight)."""
+
+    embeds: torch.Tensor  # (prompts, tokens, d): related prompts, then general captions
+    names: list[str]
+    grams: list[torch.Tensor]
+    initial_share: torch.Tensor
+    general: torch.Tensor | None
+    related_ids: dict[str, list[int]]  # prompt indices per related name
+
+    @classmethod
+    def build(
+        cls,
+        related: Sequence[PromptPair],
+        general: Sequence[str],
+        embeds: torch.Tensor,
+        tokenizer,
+        config: AceConfig,
+    ) -> _PreserveSet:
+        sums: dict[str, torch.Tensor] = {}
+        mass: dict[str, float] = {}
+        ids: dict[str, list[int]] = {}
+        for i, pair in enumerate(related):
+            span = token_span(tokenizer, pair.before, pair.through)
+            rows = embeds[i, span.start :].double()
+            weights = _token_weights(len(rows), span.stop - span.start, config.suffix_weight)
+            name = _named(pair)
+            gram = (rows * weights.double()[:, None]).T @ rows
+            sums[name] = sums[name] + gram if name in sums else gram
+            mass[name] = mass.get(name, 0.0) + float(weights.sum())
+            ids.setdefault(name, []).append(i)
+        names = list(sums)
+        share = torch.tensor([mass[n] for n in names], dtype=torch.float64)
+        general_gram = None
+        if general:
+            rows = embeds[len(related) :].reshape(-1, embeds.shape[-1]).double()
+            general_gram = rows.T @ rows / len(rows)
+        return cls(
+            embeds,
+            names,
+            [sums[n] / mass[n] for n in names],
+            share / share.sum() if len(share) else share,
+            general_gram,
+            ids,
+        )
+
+    def gram(self, share: torch.Tensor) -> torch.Tensor:
+        """The preserve Gram matrix with the related concepts weighted by ``share``."""
+        groups = []
+        if self.grams:
+            groups.append(torch.einsum("r,rij->ij", share, torch.stack(self.grams)))
+        if self.general is not None:
+            groups.append(self.general)
+        if not groups:
+            dim = self.embeds.shape[-1]
+            return torch.zeros(dim, dim, dtype=torch.float64)
+        return torch.stack(groups).mean(0)
+
+    def change(self, edit: torch.Tensor) -> torch.Tensor:
+        """How much ``edit`` (G) moves each related concept's rows: ‖G p‖² / ‖p‖²."""
+        if not self.grams:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.stack([((edit @ g) * edit).sum() / g.trace() for g in self.grams])
+
+    def gate_sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Prompt indices for the gates' preserve term: up to ``n`` related prompts (round-robin
+        over the related concepts) and up to ``n`` random general captions."""
+        lists = list(self.related_ids.values())
+        picked = [
+            ids[k] for k in range(max(map(len, lists), default=0)) for ids in lists if k < len(ids)
+        ]
+        n_related = sum(map(len, lists))
+        n_general = len(self.embeds) - n_related
+        general = n_related + torch.randperm(n_general, generator=generator)[:n]
+        return torch.tensor(picked[:n] + general.tolist(), dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
 # Fit
 
 
@@ -455,57 +546,29 @@ def fit(
     timings["targets"] = time.perf_counter() - start
 
     mark = time.perf_counter()
-    # Two preserve groups of equal mass: related concepts (their name tokens weighted like the
-    # targets', so the few rows that tell "triangle" from "diamond" are not drowned by ~70
-    # padding rows) and general captions (every token).
+    # what to keep: related concepts and general captions (see _PreserveSet)
     tokenizer = tokenizers(pipe)[0]
     related = related_pairs(concepts, toyworld=toyworld)
     general = general_prompts(
         concepts, toyworld=toyworld, n_general=config.preserve_general, seed=seed
     )
-    preserve_embeds = encode([p.text for p in related] + general)
-    related_grams: dict[str, torch.Tensor] = {}
-    related_mass: dict[str, float] = {}
-    for i, pair in enumerate(related):
-        span = token_span(tokenizer, pair.before, pair.through)
-        rows = preserve_embeds[i, span.start :].double()
-        weights = _token_weights(len(rows), span.stop - span.start, config.suffix_weight).double()
-        name = pair.through[len(pair.before) :].strip().lower()
-        related_grams[name] = related_grams.get(name, 0) + (rows * weights[:, None]).T @ rows
-        related_mass[name] = related_mass.get(name, 0.0) + float(weights.sum())
-    grams = [related_grams[n] / related_mass[n] for n in related_grams]
-    share = torch.tensor([related_mass[n] for n in related_grams], dtype=torch.float64)
-    share = share / share.sum() if len(share) else share
-    general_gram = None
-    if general:
-        rows_general = preserve_embeds[len(related) :].reshape(-1, dim).double()
-        general_gram = rows_general.T @ rows_general / len(rows_general)
-
-    def preserve_gram(share: torch.Tensor) -> torch.Tensor:
-        groups = [sum(a * g for a, g in zip(share.tolist(), grams))] if grams else []
-        groups += [general_gram] if general_gram is not None else []
-        if not groups:
-            return torch.zeros(dim, dim, dtype=torch.float64)
-        return sum(groups) / len(groups)
-
+    preserve = _PreserveSet.build(
+        related, general, encode([p.text for p in related] + general), tokenizer, config
+    )
     timings["preserve"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    solution = fitter.solve(config.preserve_weight, config.ridge, preserve_gram(share))
-
-    def damage(edit: torch.Tensor) -> torch.Tensor:
-        """How much the edit changes each related concept's rows: ‖G p‖² / ‖p‖²."""
-        return torch.stack([((edit @ g) * edit).sum() / g.trace() for g in grams])
-
+    share = preserve.initial_share
+    solution = fitter.solve(config.preserve_weight, config.ridge, preserve.gram(share))
     target_gram = fitter.statistics()[0]
     own_change = float(((solution.edit @ target_gram) * solution.edit).sum() / target_gram.trace())
-    first_damage = damage(solution.edit) if grams else torch.zeros(0)
+    first_change = preserve.change(solution.edit)
     # Related concepts that the edit changes most get more of their group's mass, and the edit
     # is solved again (multiplicative weights on the worst-case specificity; see AceConfig).
-    for _ in range(config.preserve_rounds if len(grams) > 1 else 0):
-        share = share * damage(solution.edit).clamp(min=1e-300) ** config.preserve_focus
+    for _ in range(config.preserve_rounds if len(preserve.names) > 1 else 0):
+        share = share * preserve.change(solution.edit).clamp(min=1e-300) ** config.preserve_focus
         share = share / share.sum()
-        solution = fitter.solve(config.preserve_weight, config.ridge, preserve_gram(share))
+        solution = fitter.solve(config.preserve_weight, config.ridge, preserve.gram(share))
     deltas: dict[str, torch.Tensor] = {}
     for name, module in layers:
         for proj in ("to_k", "to_v"):
@@ -526,7 +589,7 @@ def fit(
         from ace_erasure.processors import concept_subspace, mask_parameters
 
         target_gram, _, _ = fitter.statistics()
-        kept_gram = preserve_gram(share)
+        kept_gram = preserve.gram(share)
         basis = concept_subspace(target_gram, kept_gram, min(config.token_gate_rank, dim))
         threshold, sharpness = mask_parameters(
             basis,
@@ -559,19 +622,8 @@ def fit(
         anchor_embeds = encode(anchor_prompts)
         # the preserve side of the gates: the related concepts' prompts (round-robin over them,
         # as many as there are gate prompts) and as many random general captions
-        n = len(gate_prompts)
-        by_name: dict[str, list[int]] = {}
-        for i, pair in enumerate(related):
-            by_name.setdefault(pair.through[len(pair.before) :].strip().lower(), []).append(i)
-        picked = [
-            ids[k]
-            for k in range(max(map(len, by_name.values()), default=0))
-            for ids in by_name.values()
-            if k < len(ids)
-        ][:n]
-        general_ids = len(related) + torch.randperm(len(general), generator=generator)[:n]
-        sample = torch.tensor(picked + general_ids.tolist(), dtype=torch.long)
-        preserve_sample = preserve_embeds[sample] if len(sample) else concept_embeds[:0]
+        sample = preserve.gate_sample(len(gate_prompts), generator)
+        preserve_sample = preserve.embeds[sample] if len(sample) else concept_embeds[:0]
         for name, module in layers:
             gates[name] = _gates(
                 module,
@@ -599,16 +651,14 @@ def fit(
     stats = {
         "target_vectors": n_targets,
         "encoder_passes": encode.passes,
-        "preserve_prompts": len(related) + len(general),
+        "preserve_prompts": len(preserve.embeds),
         # relative change of each related concept (first solve), in units of the concept's own
         "related_change": {
             n: round(float(d) / max(own_change, 1e-300), 4)
-            for n, d in zip(related_grams, first_damage)
+            for n, d in zip(preserve.names, first_change)
         },
-        "related_shares": {n: round(float(a), 4) for n, a in zip(related_grams, share)},
-        "preserve_vectors": int(preserve_embeds.shape[0] * preserve_embeds.shape[1])
-        if len(preserve_embeds)
-        else 0,
+        "related_shares": {n: round(float(a), 4) for n, a in zip(preserve.names, share)},
+        "preserve_vectors": int(preserve.embeds.shape[0] * preserve.embeds.shape[1]),
         "condition_number": solution.condition_number,
         "ridge_absolute": solution.ridge_absolute,
         "rank": rank,
