@@ -3,11 +3,13 @@
 Times ``ace_erasure.erase`` for 1 and for 100 concepts on (a) the bundled ToyWorld model and
 (b) a random-weight pipeline with Stable Diffusion 1.5's shapes (UNet ~860 M parameters,
 CLIP ViT-L/14-sized text encoder), built from configs, on this machine's CPU. Reports the median
-of repeated runs, the per-stage split (text encoding of targets / preserve set, solve, gates)
-and the peak resident memory. Two configurations: the defaults, and ``--set`` overrides.
+of repeated runs, the per-stage split (text encoding of targets / preserve set, solve, gates),
+the prompts that went through the text encoder, and the peak resident memory. Two
+configurations: the defaults, and ``--set`` overrides.
 
-    python benchmarks/erase_speed.py
-    python benchmarks/erase_speed.py --repeats 3 --set gate_resolution=128
+    python benchmarks/erase_speed.py     # defaults, 3 repeats of the 1-concept runs
+    python benchmarks/erase_speed.py --repeats 1 --set encode_dtype=bfloat16 \
+        --set gate_resolution=128 --set gate_steps=1   # the published table (13 min)
 """
 
 from __future__ import annotations
