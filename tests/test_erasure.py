@@ -204,6 +204,14 @@ def test_bad_configs_are_clear_errors(tiny_pipes):
         erase(pipe, ["circle"], config={"gate": "pixel"})
     with pytest.raises(ConfigError, match="unknown ace option"):
         erase(pipe, ["circle"], config={"rnak": 3})
+    for bad, word in (
+        ({"encode_dtype": "float8"}, "encode_dtype"),
+        ({"gate_max": 0}, "gate_max"),
+        ({"preserve_rounds": -1}, "preserve_rounds"),
+        ({"preserve_focus": -1.0}, "preserve_focus"),
+    ):
+        with pytest.raises(ConfigError, match=word):
+            erase(pipe, ["circle"], config=bad)
     with pytest.raises(ConfigError, match="unknown method"):
         erase(pipe, ["circle"], method="magic")
     with pytest.raises(ConfigError, match="singular"):

@@ -170,6 +170,7 @@ class AceConfig:
             (self.suffix_weight >= 0, "suffix_weight must be >= 0"),
             (self.neighbours >= 0, "neighbours must be >= 0"),
             (self.preserve_rounds >= 0, "preserve_rounds must be >= 0"),
+            (self.preserve_focus >= 0, "preserve_focus must be >= 0"),
             (self.neighbour_radius >= 0, "neighbour_radius must be >= 0"),
             (self.rank is None or self.rank >= 1, "rank must be >= 1"),
             (self.gate_max > 0, "gate_max must be > 0"),
