@@ -108,12 +108,13 @@ def tokenizers(pipe) -> list:
     ]
 
 
+_ENCODER_ATTRIBUTES = ("text_encoder", "text_encoder_2")
+
+
 def text_encoders(pipe) -> list[Any]:
-    return [
-        e
-        for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
-        if e is not None
-    ]
+    """The pipeline's text encoders (one for SD, two for SDXL)."""
+    encoders = (getattr(pipe, attribute, None) for attribute in _ENCODER_ATTRIBUTES)
+    return [e for e in encoders if e is not None]
 
 
 def max_length(pipe) -> int:
@@ -227,9 +228,6 @@ def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.
             embeds = pipe.encode_prompt(batch, device, 1, False)[0]
         chunks.append(embeds.float())
     return torch.cat(chunks)
-
-
-_ENCODER_ATTRIBUTES = ("text_encoder", "text_encoder_2")
 
 
 class PromptEncoder:
