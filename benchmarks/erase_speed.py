@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+import ace_erasure
 from ace_erasure import AceConfig, erase
+from ace_erasure.methods.base import parse_overrides
 
 # 100 everyday object names (erased together in the 100-concept run)
 OBJECTS = [
@@ -169,19 +171,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    def parse(v: str):
-        for cast in (int, float):
-            try:
-                return cast(v)
-            except ValueError:
-                pass
-        return None if v.lower() == "null" else v
-
     configs = {"default": AceConfig()}
     if args.set:
-        configs["override"] = AceConfig(
-            **{k: parse(v) for k, v in (s.split("=", 1) for s in args.set)}
-        )
+        configs["override"] = AceConfig(**parse_overrides(args.set))
     results: dict = {
         "benchmark": "erase_speed",
         "torch_threads": torch.get_num_threads(),
@@ -190,10 +182,9 @@ def main() -> None:
         "models": {},
     }
 
-    from ace_erasure.toyworld.assets import load_pipeline
     from ace_erasure.toyworld.vocab import vocabulary
 
-    toy = load_pipeline()
+    toy = ace_erasure.load_pipeline()
     shapes = list(vocabulary().shapes)
     results["models"]["toyworld"] = {
         name: {
@@ -248,7 +239,7 @@ def main() -> None:
     if "override" in configs:
         lines += [
             "",
-            f"override: `{json.dumps({k: parse(v) for k, v in (s.split('=', 1) for s in args.set)})}`",
+            f"override: `{json.dumps(parse_overrides(args.set))}`",
         ]
     lines.append("")
     args.out.with_suffix(".md").write_text("\n".join(lines))

@@ -1,7 +1,8 @@
-"""Erase each ToyWorld concept and measure efficacy, generality and specificity (issue #3).
+"""Erase each ToyWorld concept and measure efficacy, generality and specificity.
 
 For every concept (each shape, style, character and the hazard), erased *alone* and given its
-name only (the synonyms it is tested on are not given to the method), the judge scores:
+name only (the synonyms it is tested on are not given to the method), the ToyWorld judge scores
+the concept's evaluation suite (``ace_erasure.toyworld.suites.concept_suite``):
 
 - efficacy   Acc_e: accuracy on prompts naming the concept (lower is better);
 - generality Acc_g: accuracy on prompts using only its synonyms / nicknames (hazard: the
@@ -10,13 +11,14 @@ name only (the synonyms it is tested on are not given to the method), the judge 
   the unedited model's on the same prompts and seeds (higher is better);
 - H = 3 / (1/(1 − Acc_e) + 1/Acc_s + 1/(1 − Acc_g)), and the erase time (excluding loading).
 
-Then all ten shapes are erased in one solve. All prompts use the held-out template
-"a picture of ..." and per-prompt held-out seeds, identical for the base and erased models.
+Then all ten shapes are erased at once. All prompts use the held-out template "a picture of
+..." and prompt-derived held-out seeds, identical for the base and erased models.
 
-    python benchmarks/erase_toyworld.py                        # bundled model, defaults
+    python benchmarks/erase_toyworld.py                        # bundled model, ACE defaults
     python benchmarks/erase_toyworld.py --model DIR            # another ToyWorld folder
     python benchmarks/erase_toyworld.py --families shapes --set ridge=0.1 --set neighbours=0
     python benchmarks/erase_toyworld.py --families shapes --sweep suffix_weight=0,1,4
+    python benchmarks/erase_toyworld.py --method NAME          # any registered method
 """
 
 from __future__ import annotations
@@ -26,202 +28,31 @@ import dataclasses
 import json
 import resource
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ace_erasure import AceConfig, erase
-from ace_erasure.evaluation.toyworld import (
-    HELD_OUT_SEED,
-    Probe,
-    character_probes,
-    hazard_probes,
-    judge_images,
-    number_samples,
-    probe_outcomes,
-    samples,
-    shape_probes,
-    style_probes,
-)
-from ace_erasure.models.loading import generate
-from ace_erasure.toyworld.assets import bundled_dir, load_judge, load_pipeline, manifest
+import ace_erasure
+from ace_erasure.evaluation.harness import Evaluator
+from ace_erasure.evaluation.metrics import accuracy, concept_metrics, label_counts
+from ace_erasure.methods import build_config
+from ace_erasure.methods.base import parse_overrides
+from ace_erasure.toyworld.assets import bundled_dir, manifest
+from ace_erasure.toyworld.suites import multi_shape_suite
 from ace_erasure.toyworld.vocab import vocabulary
+from ace_erasure.toyworld.world import ToyWorld
 
 FAMILIES = ("shapes", "styles", "characters", "hazard")
 
 
-def prompt_seed(prompt: str, base: int) -> int:
-    """A seed that depends only on the prompt text, so every run gives a prompt the same seed."""
-    return base + zlib.crc32(prompt.encode()) % 1_000_000
-
-
-class Evaluator:
-    """Generates (with caching per model state) and judges probe prompts."""
-
-    def __init__(self, pipe, judge, seed: int, steps: int, guidance: float) -> None:
-        self.pipe, self.judge = pipe, judge
-        self.seed, self.steps, self.guidance = seed, steps, guidance
-
-    def outcomes(self, probes: list[Probe]) -> list[dict]:
-        probes = number_samples(probes)
-        keys = samples(probes)  # repeats of a prompt are distinct images with distinct seeds
-        seeds = [prompt_seed(prompt, HELD_OUT_SEED + self.seed) + 7919 * k for prompt, k in keys]
-        prompts = [prompt for prompt, _ in keys]
-        images = generate(
-            self.pipe, prompts, seeds=seeds, steps=self.steps, guidance=self.guidance, batch_size=32
-        )
-        return probe_outcomes(probes, judge_images(self.judge, keys, images))
-
-
-def accuracy(outcomes: list[dict], **match: str) -> float:
-    chosen = [o["correct"] for o in outcomes if all(o[k] == v for k, v in match.items())]
-    return float(np.mean(chosen)) if chosen else float("nan")
-
-
-def mean_p(outcomes: list[dict], **match: str) -> float:
-    chosen = [o["p_expected"] for o in outcomes if all(o[k] == v for k, v in match.items())]
-    return float(np.mean(chosen)) if chosen else float("nan")
-
-
-def harmonic(acc_e: float, acc_g: float, acc_s: float) -> float:
-    terms = [1 - acc_e, acc_s, 1 - acc_g]
-    return 0.0 if min(terms) <= 0 else 3 / sum(1 / t for t in terms)
-
-
-def probes_for(
-    family: str, concept: str, n: int, n_other: int, rng: np.random.Generator
-) -> dict[str, list[Probe]]:
-    """Named, synonym and 'other' probes of a concept (others: the rest of its family + shapes)."""
-    vocab = vocabulary()
-    if family == "shapes":
-        named = shape_probes(concept, n, rng, vocab)
-        synonyms = shape_probes(concept, n, rng, vocab, synonyms=True)
-        others = [
-            p for s in vocab.shapes if s != concept for p in shape_probes(s, n_other, rng, vocab)
-        ]
-    elif family == "styles":
-        named = style_probes(concept, n, rng, vocab)
-        synonyms = style_probes(concept, n, rng, vocab, synonyms=True)
-        others = [
-            p
-            for s in vocab.style_names
-            if s != concept
-            for p in style_probes(s, n_other, rng, vocab)
-        ]
-        others += [
-            p for s in vocab.shapes for p in shape_probes(s, max(1, n_other // 2), rng, vocab)
-        ]
-    elif family == "characters":
-        named = character_probes(concept, n, vocab)
-        synonyms = character_probes(concept, n, vocab, synonyms=True)
-        others = [
-            p
-            for c in vocab.character_names
-            if c != concept
-            for p in character_probes(c, n_other, vocab)
-        ]
-    else:
-        named = hazard_probes(n, vocab, indirect=False)
-        synonyms = hazard_probes(n, vocab, indirect=True)
-        others = [p for s in vocab.shapes for p in shape_probes(s, n_other, rng, vocab)]
-        others += [
-            p
-            for c in vocab.character_names
-            for p in character_probes(c, max(1, n_other // 2), vocab)
-        ]
-    # the probes of the erased concept itself: only its own head counts as "named"/"synonym"
-    return {
-        "named": [p for p in named if p.head != "colour"],
-        "synonyms": synonyms,
-        "others": others,
-        "colours": [p for p in named + others if p.head == "colour"],
-    }
-
-
-def concept_row(
-    family: str, concept: str, base: list[dict], erased: list[dict], seconds: float, stats: dict
-) -> dict:
-    if family == "hazard":
-        named, syn = {"group": "hazard (named)"}, {"group": "hazard (indirect)"}
-    else:
-        named = {"concept": concept, "group": base_group(family, False)}
-        syn = {"concept": concept, "group": base_group(family, True)}
-    others_e = [
-        o for o in erased if o["concept"] != concept and o["head"] not in ("colour", "hazard")
-    ]
-    others_b = [
-        o for o in base if o["concept"] != concept and o["head"] not in ("colour", "hazard")
-    ]
-    acc_e, acc_g = accuracy(erased, **named), accuracy(erased, **syn)
-    acc_s = float(np.mean([o["correct"] for o in others_e]))
-    return {
-        "family": family,
-        "concept": concept,
-        "acc_e": acc_e,
-        "acc_g": acc_g,
-        "acc_s": acc_s,
-        "acc_e_base": accuracy(base, **named),
-        "acc_g_base": accuracy(base, **syn),
-        "acc_s_base": float(np.mean([o["correct"] for o in others_b])),
-        "p_concept_named": mean_p(erased, **named),
-        "p_concept_named_base": mean_p(base, **named),
-        "colour_acc": accuracy(erased, head="colour"),
-        "colour_acc_base": accuracy(base, head="colour"),
-        "H": harmonic(acc_e, acc_g, acc_s),
-        "erase_seconds": seconds,
-        "rank": stats.get("rank"),
-        "mean_gate": stats.get("mean_gate"),
-        "labels_named": _histogram(erased, **named),
-        # which other concepts were lost (and what the unedited model got wrong already)
-        "others_wrong": _wrong(others_e),
-        "others_wrong_base": _wrong(others_b),
-    }
-
-
-def _wrong(outcomes: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        if not o["correct"]:
-            key = f"{o['concept']} -> {o['label']}"
-            counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def base_group(family: str, synonyms: bool) -> str:
-    return {
-        ("shapes", False): "shapes",
-        ("shapes", True): "shape synonyms",
-        ("styles", False): "styles",
-        ("styles", True): "style synonyms",
-        ("characters", False): "characters",
-        ("characters", True): "character nicknames",
-    }[(family, synonyms)]
-
-
-def _histogram(outcomes: list[dict], **match: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        if all(o[k] == v for k, v in match.items()):
-            counts[o["label"]] = counts.get(o["label"], 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def _use(erasure, pipe) -> None:
-    """Merge a LoRA erasure (fast sampling); install a token-gate erasure's processors."""
-    if erasure.mode == "token_gate":
-        erasure.apply(pipe)
-    else:
-        erasure.fuse(pipe)
-
-
-def run(args: argparse.Namespace, config: AceConfig, base_cache: dict | None = None) -> dict:
+def run(args: argparse.Namespace, config, base_cache: dict | None = None) -> dict:
     torch.set_num_threads(args.threads) if args.threads else None
-    folder = args.model or bundled_dir()
-    pipe, judge = load_pipeline(folder), load_judge(folder)
+    world = ToyWorld(args.model or bundled_dir())
+    pipe = ace_erasure.load_pipeline(world.folder)
+    judge = world.judge()
     vocab = vocabulary()
-    evaluator = Evaluator(pipe, judge, args.seed, args.steps, args.guidance)
+    evaluator = Evaluator(pipe, judge, seed=args.seed, steps=args.steps, guidance=args.guidance)
     members = {
         "shapes": vocab.shapes,
         "styles": vocab.style_names,
@@ -231,75 +62,67 @@ def run(args: argparse.Namespace, config: AceConfig, base_cache: dict | None = N
     rows: list[dict] = []
     base_cache = {} if base_cache is None else base_cache  # base-model outcomes, shared by sweeps
     for family in args.families:
-        for concept in members[family][: args.limit or None]:
-            if args.only and concept not in args.only:
+        for name in members[family][: args.limit or None]:
+            if args.only and name not in args.only:
                 continue
-            rng = np.random.default_rng(args.seed)
-            probes = probes_for(family, concept, args.n, args.n_other, rng)
-            everything = [p for group in probes.values() for p in group]
-            key = tuple(p.prompt for p in everything)
+            concept = world.resolve(name)
+            suite = world.suite(concept, args.n, args.n_other, args.seed)
+            probes = suite.probes()
+            key = tuple(p.prompt for p in probes)
             if key not in base_cache:
-                base_cache[key] = evaluator.outcomes(everything)
+                base_cache[key] = evaluator.outcomes(probes)
             start = time.perf_counter()
-            erasure = erase(pipe, [concept], config=config, seed=args.seed)
+            erasure = ace_erasure.erase(
+                pipe, [concept], method=args.method, config=config, seed=args.seed, world=world
+            )
             seconds = time.perf_counter() - start
-            _use(erasure, pipe)
-            try:
-                erased = evaluator.outcomes(everything)
-            finally:
-                erasure.remove(pipe)
-            rows.append(
-                concept_row(family, concept, base_cache[key], erased, seconds, erasure.stats)
-            )
-            print(
-                json.dumps(
-                    {
-                        k: rows[-1][k]
-                        for k in (
-                            "concept",
-                            "acc_e",
-                            "acc_g",
-                            "acc_s",
-                            "acc_s_base",
-                            "colour_acc",
-                            "colour_acc_base",
-                            "erase_seconds",
-                        )
-                    }
-                ),
-                flush=True,
-            )
+            with ace_erasure.apply(erasure, pipe, fuse=True):
+                erased = evaluator.outcomes(probes)
+            row = concept_metrics(suite, base_cache[key], erased)
+            row |= {
+                "family": family,
+                "erase_seconds": seconds,
+                "rank": erasure.rank,
+                "mean_gate": erasure.stats.get("mean_gate"),
+            }
+            rows.append(row)
+            summary = ("concept", "acc_e", "acc_g", "acc_s", "acc_s_base", "erase_seconds")
+            print(json.dumps({k: row[k] for k in summary}), flush=True)
     together = None
     if args.all_shapes and "shapes" in args.families:
-        rng = np.random.default_rng(args.seed)
-        probes = [p for s in vocab.shapes for p in shape_probes(s, args.n, rng, vocab)]
+        probes = multi_shape_suite(vocab.shapes, args.n, args.seed)
         key = ("all shapes", *(p.prompt for p in probes))
         if key not in base_cache:
             base_cache[key] = evaluator.outcomes(probes)
         base = base_cache[key]
         start = time.perf_counter()
-        erasure = erase(pipe, list(vocab.shapes), config=config, seed=args.seed)
+        erasure = ace_erasure.erase(
+            pipe, list(vocab.shapes), method=args.method, config=config, seed=args.seed, world=world
+        )
         seconds = time.perf_counter() - start
-        _use(erasure, pipe)
-        try:
+        with ace_erasure.apply(erasure, pipe, fuse=True):
             erased = evaluator.outcomes(probes)
-        finally:
-            erasure.remove(pipe)
+
+        def pick(outcomes: list[dict], **match: str) -> list[dict]:
+            return [o for o in outcomes if all(o[k] == v for k, v in match.items())]
+
         together = {
-            "per_shape_acc_e": {s: accuracy(erased, concept=s, head="shape") for s in vocab.shapes},
-            "per_shape_acc_base": {
-                s: accuracy(base, concept=s, head="shape") for s in vocab.shapes
+            "per_shape_acc_e": {
+                s: accuracy(pick(erased, concept=s, head="shape")) for s in vocab.shapes
             },
-            "colour_acc": accuracy(erased, head="colour"),
-            "colour_acc_base": accuracy(base, head="colour"),
+            "per_shape_acc_base": {
+                s: accuracy(pick(base, concept=s, head="shape")) for s in vocab.shapes
+            },
+            "colour_acc": accuracy(pick(erased, head="colour")),
+            "colour_acc_base": accuracy(pick(base, head="colour")),
             "erase_seconds": seconds,
             "rank": erasure.rank,
-            "labels": _histogram(erased, head="shape"),
+            "labels": label_counts(pick(erased, head="shape")),
         }
     return {
         "benchmark": "erase_toyworld",
-        "model": str(folder),
-        "method": "ace",
+        "model": str(world.folder),
+        "method": args.method,
         "config": dataclasses.asdict(config),
         "seed": args.seed,
         "steps": args.steps,
@@ -311,8 +134,20 @@ def run(args: argparse.Namespace, config: AceConfig, base_cache: dict | None = N
         "all_shapes_together": together,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
-        "versions": manifest(folder)["versions"] | {"torch_runtime": torch.__version__},
+        "versions": manifest(world.folder)["versions"] | {"torch_runtime": torch.__version__},
     }
+
+
+SUMMARY_KEYS = (
+    "acc_e",
+    "acc_g",
+    "acc_s",
+    "acc_s_base",
+    "attribute_acc",
+    "attribute_acc_base",
+    "H",
+    "erase_seconds",
+)
 
 
 def summary_by_family(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -320,33 +155,21 @@ def summary_by_family(rows: list[dict]) -> dict[str, dict[str, float]]:
     for family in FAMILIES:
         chosen = [r for r in rows if r["family"] == family]
         if chosen:
-            out[family] = {
-                k: float(np.mean([r[k] for r in chosen]))
-                for k in (
-                    "acc_e",
-                    "acc_g",
-                    "acc_s",
-                    "acc_s_base",
-                    "colour_acc",
-                    "colour_acc_base",
-                    "H",
-                    "erase_seconds",
-                )
-            }
+            out[family] = {k: float(np.mean([r[k] for r in chosen])) for k in SUMMARY_KEYS}
             out[family]["max_acc_e"] = max(r["acc_e"] for r in chosen)
             out[family]["max_acc_g"] = max(r["acc_g"] for r in chosen)
             out[family]["worst_specificity_drop"] = max(
                 r["acc_s_base"] - r["acc_s"] for r in chosen
             )
             out[family]["worst_colour_drop"] = max(
-                r["colour_acc_base"] - r["colour_acc"] for r in chosen
+                r["attribute_acc_base"] - r["attribute_acc"] for r in chosen
             )
     return out
 
 
 def markdown(result: dict) -> str:
     lines = [
-        "# ACE stage 1 on ToyWorld",
+        f"# {result['method']} on ToyWorld",
         "",
         f"Model `{result['model']}`; seed {result['seed']}; {result['steps']} steps, guidance {result['guidance']}; "
         f"{result['images_named']} images per named/synonym set, {result['images_per_other_concept']} per other concept; "
@@ -357,8 +180,8 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         colour = (
-            f"{r['colour_acc']:.2f} ({r['colour_acc_base']:.2f})"
-            if not np.isnan(r["colour_acc"])
+            f"{r['attribute_acc']:.2f} ({r['attribute_acc_base']:.2f})"
+            if not np.isnan(r["attribute_acc"])
             else "–"
         )
         lines.append(
@@ -380,7 +203,7 @@ def markdown(result: dict) -> str:
     if together:
         lines += [
             "",
-            f"All 10 shapes erased in one solve ({together['erase_seconds']:.2f} s, rank {together['rank']}): "
+            f"All 10 shapes erased at once ({together['erase_seconds']:.2f} s, rank {together['rank']}): "
             "Acc_e per shape "
             + ", ".join(f"{s} {a:.2f}" for s, a in together["per_shape_acc_e"].items())
             + f"; colour accuracy {together['colour_acc']:.3f} (base {together['colour_acc_base']:.3f}).",
@@ -393,15 +216,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"null": None, "true": True, "false": False}.get(text.lower(), text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -409,6 +223,7 @@ def main() -> None:
     parser.add_argument(
         "--model", type=Path, default=None, help="ToyWorld folder (default: bundled)"
     )
+    parser.add_argument("--method", default="ace", help="registered method (default: ace)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--limit", type=int, default=0, help="first N concepts per family (0: all)")
     parser.add_argument("--only", nargs="+", default=None, help="only these concepts")
@@ -419,7 +234,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-all-shapes", dest="all_shapes", action="store_false")
-    parser.add_argument("--set", action="append", default=[], help="AceConfig override key=value")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument(
         "--sweep", default=None, help="key=v1,v2,...: one run per value (summary only)"
     )
@@ -427,12 +242,14 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).parent / "results" / "erase_toyworld"
     )
     args = parser.parse_args()
-    overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
     if args.sweep:
         key, values = args.sweep.split("=", 1)
         summaries, cache = {}, {}
         for value in values.split(","):
-            config = AceConfig(**{**overrides, key: parse_value(value)})
+            config = build_config(
+                args.method, overrides=overrides | parse_overrides([f"{key}={value}"])
+            )
             result = run(args, config, cache)
             summaries[value] = summary_by_family(result["rows"]) | {
                 "all_shapes": result["all_shapes_together"]
@@ -444,7 +261,7 @@ def main() -> None:
             + "\n"
         )
         return
-    result = run(args, AceConfig(**overrides))
+    result = run(args, build_config(args.method, overrides=overrides))
     result["summary"] = summary_by_family(result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -19,18 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ace_erasure.evaluation.toyworld import (
-    HELD_OUT_SEED,
-    hazard_rate,
-    judge_images,
-    probe_outcomes,
-    quality_probes,
-    samples,
-    summarise,
-)
+from ace_erasure.evaluation.harness import HELD_OUT_SEED, judge_images, probe_outcomes, rate
+from ace_erasure.evaluation.judges import AMBIGUOUS
+from ace_erasure.evaluation.metrics import summarise
+from ace_erasure.evaluation.suites import samples
 from ace_erasure.models.loading import generate
 from ace_erasure.toyworld.assets import bundled_dir, load_judge, load_pipeline, manifest
-from ace_erasure.toyworld.judge import AMBIGUOUS
+from ace_erasure.toyworld.suites import quality_probes
 from ace_erasure.toyworld.vocab import vocabulary
 
 ORDER = [
@@ -76,7 +71,7 @@ def run(
     groups = summarise(outcomes)
     hazard_keys = {(p.prompt, p.sample) for p in probes if p.head == "hazard"}
     others = [k for k in keys if k not in hazard_keys]
-    false_positive = hazard_rate(judged, others, vocab.hazard_name)
+    false_positive = rate(judged, others, "hazard", vocab.hazard_name)
 
     single = []
     for i in range(6):

@@ -124,7 +124,10 @@ def test_corrupt_weights_are_one_line(monkeypatch, capsys, tiny_folder, tmp_path
             "exactly one --concept",
         ),
         ([], "--concept NAME or --concepts FILE"),
-        (["--concept", "circle", "--gate", "pixel"], "gate must be"),
+        (["--concept", "circle", "--set", "gate=pixel"], "gate must be one of"),
+        (["--concept", "circle", "--set", "ridge=nan"], "ridge must be a finite number"),
+        (["--concept", "circle", "--set", "rnak=3"], "unknown ace option"),
+        (["--concept", "circle", "--set", "rank"], "--set takes key=value"),
         (["--concept", "circle", "--method", "magic"], "unknown method"),
     ],
 )
@@ -200,7 +203,7 @@ def test_erase_then_generate_and_refuse_another_model(monkeypatch, capsys, tiny_
         "--out",
         str(tmp_path / "x.png"),
     )
-    assert code == 1 and "made for base model" in err and _one_line(err)
+    assert code == 1 and "made for another base model" in err and _one_line(err)
     assert not (tmp_path / "x.png").exists()
 
 
@@ -218,8 +221,8 @@ def test_erase_with_concept_file_and_grid(monkeypatch, capsys, tiny_folder, tmp_
         str(concepts),
         "--out",
         str(out),
-        "--rank",
-        "4",
+        "--set",
+        "rank=4",
     )
     assert code == 0, err
     assert (out / "grid.png").is_file() and "grid.png" in (out / "README.md").read_text()

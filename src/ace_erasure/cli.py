@@ -96,27 +96,25 @@ def generate(
     """Generate images (a grid for several prompts) with any Stable Diffusion pipeline."""
     from diffusers.utils import make_image_grid
 
-    from ace_erasure.models.loading import generate as sample
-    from ace_erasure.models.loading import load_pipeline, resolve_model
-    from ace_erasure.toyworld.assets import toyworld_folder_of
-    from ace_erasure.toyworld.captions import unknown_words
+    from ace_erasure.api import apply as apply_erasure
+    from ace_erasure.api import generate as sample
+    from ace_erasure.worlds import load_pipeline, world_for
 
     if not prompts or any(not p.strip() for p in prompts):
         raise AceError("every prompt must be non-empty text")
     if steps is not None and steps <= 0:
         raise AceError(f"--steps must be positive, got {steps}")
-    source = resolve_model(model)
-    if toyworld_folder_of(source) is not None:
-        unknown = sorted({w for p in prompts for w in unknown_words(p)})
-        if unknown:
-            console.print(
-                f"warning: not in ToyWorld's vocabulary (generating anyway): {', '.join(unknown)}"
-            )
-    pipe = load_pipeline(source)
+    pipe = load_pipeline(model)
+    world = world_for(pipe)
+    unknown = sorted({w for p in prompts for w in world.unknown_words(p)})
+    if unknown:
+        console.print(
+            f"warning: not in {world.name}'s vocabulary (generating anyway): {', '.join(unknown)}"
+        )
     if erasure is not None:
         from ace_erasure.erasure import Erasure
 
-        Erasure.load(erasure).apply(pipe)
+        apply_erasure(Erasure.load(erasure), pipe)
     expanded = [p for p in prompts for _ in range(images_per_prompt)]
     start = time.perf_counter()
     images = sample(pipe, expanded, seed=seed, steps=steps, guidance=guidance)
@@ -161,24 +159,29 @@ def erase(
             help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld)."
         ),
     ] = None,
-    method: Annotated[str, typer.Option(help="Erasure method.")] = "ace",
+    method: Annotated[
+        str, typer.Option(help="Erasure method (see `ace-erasure methods`).")
+    ] = "ace",
     config: Annotated[
-        Path | None, typer.Option(help="YAML/JSON file with method options (AceConfig fields).")
+        Path | None,
+        typer.Option(help="YAML/JSON file with the method's options (e.g. AceConfig fields)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="One method option, key=value (repeatable; wins over --config)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank (default: automatic).")] = None,
-    gate: Annotated[str | None, typer.Option(help="Gate granularity: layer | head | none.")] = None,
     grid: Annotated[bool, typer.Option(help="Put a before/after grid in the model card.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Erase concepts from a model; writes a diffusers LoRA that `load_lora_weights` loads."""
-    import yaml
-
     from ace_erasure.api import erase as run_erase
-    from ace_erasure.api import is_toyworld
     from ace_erasure.concepts import Concept, load_concepts
-    from ace_erasure.errors import ConfigError
-    from ace_erasure.models.loading import load_pipeline
+    from ace_erasure.methods import build_config, get_method
+    from ace_erasure.methods.base import parse_overrides
+    from ace_erasure.worlds import load_pipeline, world_for
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise AceError(f"{out} already exists and is not empty (use --overwrite to replace it)")
@@ -186,34 +189,20 @@ def erase(
         raise AceError("give --concept NAME or --concepts FILE")
     if synonym and (not concept or len(concept) != 1):
         raise AceError("--synonym needs exactly one --concept")
-    options: dict = {}
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"config file {config} does not exist")
-        loaded = yaml.safe_load(config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {config} must hold a mapping of option: value")
-        options.update(loaded)
-    options.update({k: v for k, v in {"rank": rank, "gate": gate}.items() if v is not None})
+    chosen = get_method(method)
+    options = build_config(chosen, file=config, overrides=parse_overrides(set_ or []))
     pipe = load_pipeline(model)
-    toyworld = is_toyworld(pipe)
+    world = world_for(pipe)
     items: list = list(load_concepts(concepts)) if concepts is not None else []
     for name in concept or []:
-        explicit = kind is not None or anchor is not None or synonym or preserve
-        if toyworld and not explicit:
-            items.append(name)  # kind and canonical name come from ToyWorld's vocabulary
+        if kind is None and anchor is None and not synonym and not preserve:
+            items.append(name)  # the world gives its kind (and canonical name)
             continue
-        if kind is None and toyworld:
-            from ace_erasure.api import TOYWORLD_KINDS
-            from ace_erasure.toyworld.vocab import vocabulary
-
-            inferred = TOYWORLD_KINDS.get(vocabulary().family_of(name) or "", "object")
-        else:
-            inferred = kind or "object"
+        found = world.resolve(name) if kind is None else Concept(name)
         items.append(
             Concept(
-                name,
-                kind=inferred,  # type: ignore[arg-type]  # Concept validates the kind
+                found.name,
+                kind=kind or found.kind,  # type: ignore[arg-type]  # Concept validates the kind
                 synonyms=tuple(synonym or ()),
                 anchor=anchor,
                 preserve=tuple(preserve or ()),
@@ -222,7 +211,7 @@ def erase(
     # the bar starts with the first stage: an input error raised before it stays one line
     bar, tasks = _progress(), dict[str, TaskID]()
 
-    def report(stage: str, step: int, total: int) -> None:
+    def report(stage: str, step: int, total: int, info=None) -> None:
         if not tasks:
             bar.start()
         if stage not in tasks:
@@ -232,7 +221,7 @@ def erase(
     start = time.perf_counter()
     try:
         result = run_erase(
-            pipe, items, method=method, config=options or None, seed=seed, progress=report
+            pipe, items, method=chosen.name, config=options, seed=seed, progress=report, world=world
         )
     finally:
         if tasks:
@@ -248,19 +237,17 @@ def _before_after_grid(pipe, result, seed: int):
     """Top row: base model; bottom row: with the erasure (same seeds), 4 prompts."""
     from diffusers.utils import make_image_grid
 
+    from ace_erasure.api import apply as apply_erasure
+    from ace_erasure.api import generate as sample
     from ace_erasure.concepts import prompt_pairs
-    from ace_erasure.models.loading import generate as sample
 
     prompts = []
     for concept in result.concepts:
         prompts += [p.text for p in prompt_pairs(concept, names=[concept.name])][1:]
     prompts = prompts[:4]
     before = sample(pipe, prompts, seed=seed)
-    result.fuse(pipe)
-    try:
+    with apply_erasure(result, pipe):
         after = sample(pipe, prompts, seed=seed)
-    finally:
-        result.remove(pipe)
     return make_image_grid(before + after, rows=2, cols=len(prompts))
 
 

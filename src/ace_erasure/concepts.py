@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
 from ace_erasure.errors import ConceptError
-from ace_erasure.toyworld.captions import with_article
 
 Kind = Literal["object", "style", "celebrity", "explicit"]
 KINDS: tuple[str, ...] = ("object", "style", "celebrity", "explicit")
@@ -160,6 +159,21 @@ class PromptPair:
     anchor_through: str
 
 
+def with_article(phrase: str) -> str:
+    """Fix "a" before a vowel ("a orange circle" -> "an orange circle") and "an" before a
+    consonant."""
+    words = phrase.split(" ")
+    for i in range(len(words) - 1):
+        following = words[i + 1][:1].lower()
+        if not following:
+            continue
+        if words[i] == "a" and following in "aeiou":
+            words[i] = "an"
+        elif words[i] == "an" and following not in "aeiou":
+            words[i] = "a"
+    return " ".join(words)
+
+
 def prompt_pairs(concept: Concept, names: Sequence[str] | None = None) -> list[PromptPair]:
     """Every template x name as (concept prompt, anchor prompt).
 
@@ -244,10 +258,3 @@ def load_concepts(path: str | Path) -> list[Concept]:
         else:
             raise ConceptError(f"concept file {file}, entry {i}: expected a name or a mapping")
     return as_concepts(concepts)
-
-
-@dataclass
-class PreserveSet:
-    """Prompts whose outputs must not change (their token embeddings are preserved)."""
-
-    prompts: list[str] = field(default_factory=list)

@@ -19,7 +19,7 @@ Family = Literal["sd1", "sd2", "sdxl"]
 
 def clip_tokenizer(pad_token: str | None = None):
     """The real CLIP tokenizer (77 tokens); SDXL's second tokenizer pads with "!"."""
-    from ace_erasure.toyworld.tokenizer import build_tokenizer
+    from ace_erasure.models.tokenizer import build_tokenizer
 
     with tempfile.TemporaryDirectory() as directory:
         tokenizer = build_tokenizer(directory)

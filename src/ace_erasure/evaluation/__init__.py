@@ -1,1 +1,1 @@
-"""Evaluation: judges, prompt suites and metrics."""
+"""Evaluation: judges, suites, metrics and the generate-and-judge harness."""

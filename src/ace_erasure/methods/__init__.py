@@ -1,7 +1,24 @@
-"""Erasure methods behind one interface: ``fit(pipe, concepts, config, seed) -> result``."""
+"""Erasure methods behind one interface (:mod:`ace_erasure.methods.base`), registered by name."""
 
-from ace_erasure.methods.ace import AceConfig
+from ace_erasure.methods.ace import Ace, AceConfig
+from ace_erasure.methods.base import (
+    Method,
+    available,
+    build_config,
+    get_method,
+    register,
+    unregister,
+)
 
-CONFIGS = {"ace": AceConfig}
+register(Ace())
 
-__all__ = ["CONFIGS", "AceConfig"]
+__all__ = [
+    "Ace",
+    "AceConfig",
+    "Method",
+    "available",
+    "build_config",
+    "get_method",
+    "register",
+    "unregister",
+]

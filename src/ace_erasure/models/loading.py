@@ -1,4 +1,4 @@
-"""Load any Stable Diffusion-family pipeline (local folder, ToyWorld folder, hub id); sample."""
+"""Load any Stable Diffusion-family pipeline (local folder or hub id) and sample from it."""
 
 from __future__ import annotations
 
@@ -17,19 +17,11 @@ logger = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve_model(model: str | Path | None) -> str:
-    """A path or hub id that ``DiffusionPipeline.from_pretrained`` understands.
-
-    ``None`` means the bundled ToyWorld; a ToyWorld folder means its ``model/`` subfolder.
-    """
-    from ace_erasure.toyworld.assets import bundled_dir, is_toyworld_folder
-
-    if model is None:
-        model = bundled_dir()
+def resolve_model(model: str | Path) -> str:
+    """A path or hub id that ``DiffusionPipeline.from_pretrained`` understands (a local folder
+    must hold a ``model_index.json``)."""
     path = Path(model).expanduser()
     if path.exists():
-        if is_toyworld_folder(path):
-            return str(path / "model")
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
         return str(path)
@@ -39,12 +31,13 @@ def resolve_model(model: str | Path | None) -> str:
 
 
 def load_pipeline(
-    model: str | Path | None = None,
+    model: str | Path,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """Load a text-to-image pipeline; ``None`` loads the bundled ToyWorld model.
+    """Load a text-to-image pipeline from a local folder or a hub id (``ace_erasure.
+    load_pipeline`` also knows the bundled ToyWorld and ToyWorld folders).
 
     Local folders load with ``local_files_only=True`` (no network); hub ids use the normal
     Hugging Face cache and need network access the first time. Raises :class:`ModelLoadError`
@@ -113,39 +106,28 @@ def quiet_loading() -> Iterator[None]:
         transformers.utils.logging.set_verbosity(levels[1])
 
 
-def default_sampling(pipe) -> tuple[int, float]:
-    """(steps, guidance) defaults: ToyWorld's trained recipe, else Stable Diffusion's usual."""
-    from ace_erasure.toyworld.assets import toyworld_folder_of
-
-    path = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
-    if path and toyworld_folder_of(path) is not None:
-        return 20, 5.0
-    return 30, 7.5
-
-
 @torch.no_grad()
 def generate(
     pipe,
     prompts: Sequence[str],
     *,
     seed: int = 0,
-    steps: int | None = None,
-    guidance: float | None = None,
+    steps: int = 30,
+    guidance: float = 7.5,
     batch_size: int = 16,
     negative_prompt: str | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Image.Image]:
     """One image per prompt; image ``i`` uses a generator seeded with ``seed + i`` (or
-    ``seeds[i]`` when given, e.g. to give a prompt the same seed in different runs).
+    ``seeds[i]`` when given, e.g. to give a prompt the same seed in different runs). The
+    defaults are Stable Diffusion's usual 30 steps and guidance 7.5; a world's own defaults are
+    ``world.sampling`` (ToyWorld: 20 steps, guidance 5).
 
     The same (model, prompts, seeds, steps, guidance) gives the same pixels on the same machine.
     """
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
-    default_steps, default_guidance = default_sampling(pipe)
-    steps = steps or default_steps
-    guidance = default_guidance if guidance is None else guidance
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])

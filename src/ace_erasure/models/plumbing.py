@@ -2,21 +2,15 @@
 
 - :func:`cross_attention_layers`: every text-conditioned cross-attention module (``attn2``).
 - :func:`model_family`: "sd" (SD 1.x / 2.x / ToyWorld: one CLIP text encoder) or "sdxl".
-- :func:`encode_prompts`: the token embeddings the UNet's cross-attention sees, through the
-  pipeline's own ``encode_prompt`` (so clip-skip, SDXL's two encoders etc. are exactly as at
-  sampling time), optionally with a perturbation of chosen input token embeddings.
-- :class:`PromptEncoder`: :func:`encode_prompts` for one erasure — remembers prompts that recur
-  (anchors, concept prompts reused by the gates) and can run the encoder(s) in bfloat16.
+- :func:`fingerprint`: a hash of the base model's parts an erasure depends on.
 - :func:`token_span` / :func:`aligned_positions`: where a concept sits in a tokenised
   prompt, and which anchor-prompt position each concept-prompt position is mapped to.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,18 +79,73 @@ def model_family(pipe) -> str:
     return "sd"
 
 
-def fingerprint(pipe) -> str:
-    """A hash of the base model's cross-attention key/value weights (rounded to float16).
-
-    Erasures record it and refuse to load onto another base model. Rounding to float16 makes a
-    float32 and a float16 copy of the same checkpoint share one fingerprint.
-    """
+def _unet_fingerprint(unet: Any, keys: Sequence[str]) -> str:
+    """The UNet's cross-attention key/value weights and any other UNet module in ``keys``,
+    rounded to float16 (version 1 of the format hashed exactly the cross-attention part)."""
+    weights = projection_weights(unet)
+    for key in keys:
+        component, path = key.split(".", 1)
+        if component == "unet" and path not in weights:
+            weights[path] = base_linear(unet.get_submodule(path)).weight
     digest = hashlib.sha256()
-    for name, weight in sorted(projection_weights(pipe.unet).items()):
+    for name, weight in sorted(weights.items()):
         digest.update(name.encode())
         digest.update(str(tuple(weight.shape)).encode())
         digest.update(weight.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+_SAMPLE = 65_536  # at most this many values of each tensor enter a text encoder's fingerprint
+
+
+def _module_fingerprint(module: nn.Module) -> str:
+    """Every parameter's name and shape, and an evenly strided sample of at most ``_SAMPLE``
+    of its values rounded to float16: cheap (~0.1 s for CLIP-L), and it tells apart any two
+    trained models; it can miss a change confined to a few values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // _SAMPLE)
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        if flat.is_floating_point():
+            flat = flat[::step].to("cpu", torch.float16)
+        else:
+            flat = flat[::step].to("cpu")
+        digest.update(flat.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """The tokenizer's vocabulary (token -> id) and context length."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(repr((vocab, int(tokenizer.model_max_length))).encode())
+    return digest.hexdigest()[:32]
+
+
+def fingerprint(pipe, edited: Sequence[str] = ()) -> dict[str, str]:
+    """A hash per part of the base model that an erasure depends on: ``unet`` (its
+    cross-attention key/value weights and any other UNet module in ``edited``), every text
+    encoder and every tokenizer's vocabulary.
+
+    Erasures record it and refuse to load onto a model that differs in any part. Weights are
+    rounded to float16, so a float32 and a float16 copy of one checkpoint are the same model.
+    """
+    parts = {"unet": _unet_fingerprint(pipe.unet, edited)}
+    for attribute in ENCODER_ATTRIBUTES:
+        encoder = getattr(pipe, attribute, None)
+        if encoder is not None:
+            parts[attribute] = _module_fingerprint(encoder)
+    for attribute in ("tokenizer", "tokenizer_2"):
+        tokenizer = getattr(pipe, attribute, None)
+        if tokenizer is not None:
+            parts[attribute] = _tokenizer_fingerprint(tokenizer)
+    return parts
+
+
+def fingerprint_difference(recorded: dict[str, str], found: dict[str, str]) -> list[str]:
+    """The recorded parts whose hashes differ from (or are missing in) ``found``; parts the
+    record does not have (erasures of format 1 recorded only the UNet) are not compared."""
+    return sorted(part for part in recorded if recorded[part] != found.get(part))
 
 
 def tokenizers(pipe) -> list:
@@ -108,12 +157,12 @@ def tokenizers(pipe) -> list:
     ]
 
 
-_ENCODER_ATTRIBUTES = ("text_encoder", "text_encoder_2")
+ENCODER_ATTRIBUTES = ("text_encoder", "text_encoder_2")
 
 
 def text_encoders(pipe) -> list[Any]:
     """The pipeline's text encoders (one for SD, two for SDXL)."""
-    encoders = (getattr(pipe, attribute, None) for attribute in _ENCODER_ATTRIBUTES)
+    encoders = (getattr(pipe, attribute, None) for attribute in ENCODER_ATTRIBUTES)
     return [e for e in encoders if e is not None]
 
 
@@ -164,125 +213,3 @@ def aligned_positions(concept: TokenSpan, anchor: TokenSpan) -> list[tuple[int, 
         if 0 <= position + offset < anchor.length:
             pairs.append((position, position + offset))
     return pairs
-
-
-@contextlib.contextmanager
-def perturbed_token_embeddings(
-    pipe, positions: Sequence[Sequence[int]], radius: float, generator: torch.Generator
-) -> Iterator[None]:
-    """Within the block, add random noise to the *input* token embeddings at ``positions[i]`` of
-    prompt ``i`` in every text encoder (norm = ``radius`` x the embedding's norm).
-
-    This mines neighbours of a concept in the encoder's input space: the encoder's outputs for
-    the perturbed prompts are nearby ways of saying the concept (RealEra's idea).
-    """
-    handles = []
-
-    def hook_for(module: nn.Module) -> Callable:
-        def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
-            if output.shape[0] != len(positions):
-                return output
-            output = output.clone()
-            for row, cols in enumerate(positions):
-                if not cols:
-                    continue
-                index = torch.as_tensor(list(cols))
-                base = output[row, index]
-                noise = torch.randn(base.shape, generator=generator, dtype=torch.float32).to(base)
-                noise = (
-                    noise
-                    / noise.norm(dim=-1, keepdim=True)
-                    * base.norm(dim=-1, keepdim=True)
-                    * radius
-                )
-                output[row, index] = base + noise
-            return output
-
-        return hook
-
-    for encoder in text_encoders(pipe):
-        embedding = encoder.get_input_embeddings()
-        handles.append(embedding.register_forward_hook(hook_for(embedding)))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@torch.no_grad()
-def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """(n_prompts, tokens, context_dim) embeddings that the UNet's cross-attention receives."""
-    device = pipe.unet.device
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start : start + batch_size])
-        if model_family(pipe) == "sdxl":
-            embeds = pipe.encode_prompt(
-                prompt=batch,
-                device=device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-            )[0]
-        else:
-            embeds = pipe.encode_prompt(batch, device, 1, False)[0]
-        chunks.append(embeds.float())
-    return torch.cat(chunks)
-
-
-class PromptEncoder:
-    """:func:`encode_prompts` for the duration of one erasure.
-
-    - Prompts encoded without perturbation are remembered, so that prompts shared by concepts
-      (the anchor "a photo of a" of 100 objects) or stages (the gates reuse concept prompts) run
-      through the text encoder once.
-    - ``dtype``: run copies of the text encoder(s) in this dtype (e.g. ``torch.bfloat16``: ~3.7x
-      faster for a CLIP-L-sized encoder on an AVX-512-BF16 CPU, ~0.7 % relative deviation of
-      the embeddings). The pipeline's own encoders are swapped back after every call, so
-      sampling with the pipeline is never affected. None: the pipeline's encoders as they are.
-    """
-
-    def __init__(self, pipe, dtype: torch.dtype | None = None) -> None:
-        self.pipe = pipe
-        self.cache: dict[str, torch.Tensor] = {}
-        self.passes = 0  # prompts that went through the text encoder(s)
-        self._copies: dict[str, nn.Module] = {}
-        for attribute in _ENCODER_ATTRIBUTES:
-            encoder = getattr(pipe, attribute, None)
-            if dtype is not None and encoder is not None and encoder.dtype != dtype:
-                self._copies[attribute] = copy.deepcopy(encoder).to(dtype)
-
-    @contextlib.contextmanager
-    def _encoders(self) -> Iterator[None]:
-        originals = {a: getattr(self.pipe, a) for a in self._copies}
-        try:
-            for attribute, encoder in self._copies.items():
-                setattr(self.pipe, attribute, encoder)
-            yield
-        finally:
-            for attribute, encoder in originals.items():
-                setattr(self.pipe, attribute, encoder)
-
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(n_prompts, tokens, context_dim) embeddings; each distinct prompt encoded once."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
-        if missing:
-            with self._encoders():
-                embeds = encode_prompts(self.pipe, missing)
-            self.passes += len(missing)
-            self.cache.update(zip(missing, embeds))
-        return torch.stack([self.cache[p] for p in prompts])
-
-    def perturbed(
-        self,
-        prompts: Sequence[str],
-        positions: Sequence[Sequence[int]],
-        radius: float,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        """Embeddings of ``prompts`` with their input token embeddings at ``positions``
-        perturbed (see :func:`perturbed_token_embeddings`); never remembered."""
-        with self._encoders(), perturbed_token_embeddings(self.pipe, positions, radius, generator):
-            embeds = encode_prompts(self.pipe, prompts, batch_size=len(prompts))
-        self.passes += len(prompts)
-        return embeds

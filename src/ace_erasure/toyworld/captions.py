@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ace_erasure.concepts import with_article
 from ace_erasure.toyworld.render import Scene
 from ace_erasure.toyworld.vocab import Vocabulary, split_words, vocabulary
 
@@ -55,20 +56,6 @@ TEMPLATE_WORDS = frozenset(
     for word in split_words(template.replace("{", " {").replace("}", "} "))
     if word not in ("obj", "text", "artist", "name", "phrase")
 ) | {"an"}
-
-
-def with_article(phrase: str) -> str:
-    """Fix "a" before a vowel ("a orange circle" -> "an orange circle")."""
-    words = phrase.split(" ")
-    for i in range(len(words) - 1):
-        following = words[i + 1][:1].lower()
-        if not following:
-            continue
-        if words[i] == "a" and following in "aeiou":
-            words[i] = "an"
-        elif words[i] == "an" and following not in "aeiou":
-            words[i] = "a"
-    return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -155,9 +142,22 @@ def caption(
     raise ValueError(f"ToyWorld does not caption {scene.kind!r} scenes")
 
 
+def known_words(vocab: Vocabulary) -> frozenset[str]:
+    """Every lower-case word that occurs in ToyWorld's training captions."""
+    texts: list[str] = [*vocab.shapes, *vocab.colours, *vocab.styles, *vocab.characters]
+    for synonyms in vocab.synonyms.values():
+        texts.extend(synonyms)
+    texts.extend(vocab.hazard_named)
+    texts.extend(vocab.hazard_indirect)
+    words = set(TEMPLATE_WORDS)
+    for text in texts:
+        words.update(split_words(text))
+    return frozenset(words)
+
+
 def unknown_words(prompt: str, vocab: Vocabulary | None = None) -> list[str]:
     """Words of ``prompt`` that never occur in ToyWorld's captions, in order of appearance."""
-    known = (vocab or vocabulary()).known_words()
+    known = known_words(vocab or vocabulary())
     seen: list[str] = []
     for word in split_words(prompt):
         if word not in known and word not in seen:

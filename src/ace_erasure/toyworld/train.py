@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-import ace_erasure
+from ace_erasure._version import __version__
 from ace_erasure.io import normal_permissions
+from ace_erasure.models.tokenizer import MAX_LENGTH, build_tokenizer, write_clip_vocabulary
 from ace_erasure.toyworld.captions import CaptionConfig, caption
 from ace_erasure.toyworld.judge import (
     Judge,
@@ -44,7 +45,6 @@ from ace_erasure.toyworld.judge import (
     train_judge,
 )
 from ace_erasure.toyworld.render import render
-from ace_erasure.toyworld.tokenizer import MAX_LENGTH, build_tokenizer, write_clip_vocabulary
 from ace_erasure.toyworld.vocab import Vocabulary, vocabulary
 
 logger = logging.getLogger(__name__)
@@ -570,7 +570,7 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {
-        "ace_erasure": ace_erasure.__version__,
+        "ace_erasure": __version__,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,

@@ -81,20 +81,6 @@ class Vocabulary:
             return self.hazard_name
         return None
 
-    def known_words(self) -> frozenset[str]:
-        """Every lower-case word that occurs in ToyWorld's training captions."""
-        from ace_erasure.toyworld.captions import TEMPLATE_WORDS
-
-        texts: list[str] = [*self.shapes, *self.colours, *self.styles, *self.characters]
-        for syns in self.synonyms.values():
-            texts.extend(syns)
-        texts.extend(self.hazard_named)
-        texts.extend(self.hazard_indirect)
-        words = set(TEMPLATE_WORDS)
-        for text in texts:
-            words.update(split_words(text))
-        return frozenset(words)
-
 
 def split_words(text: str) -> list[str]:
     """Lower-case words of a prompt, without punctuation ("Kess's" -> ["kess", "s"])."""

@@ -4,20 +4,16 @@ Regression checks with fixed seeds and the default AceConfig; the full measureme
 images and every concept is ``benchmarks/erase_toyworld.py``.
 """
 
-from ace_erasure import erase
-from ace_erasure.evaluation.toyworld import hazard_probes
-from ace_erasure.models.loading import generate
+from ace_erasure import erase, generate
 from ace_erasure.toyworld import vocabulary
+from ace_erasure.toyworld.suites import hazard_probes
 
 
 def _labels(pipe, judge, prompts, head, erasure=None):
-    if erasure is not None:
-        erasure.fuse(pipe)
-    try:
+    if erasure is None:
         return judge.predict(generate(pipe, prompts, seed=200))[head]
-    finally:
-        if erasure is not None:
-            erasure.remove(pipe)
+    with erasure.fuse(pipe):
+        return judge.predict(generate(pipe, prompts, seed=200))[head]
 
 
 def test_hazard_is_erased_by_name_and_by_indirect_phrasings(toyworld_pipe, toyworld_judge):
@@ -39,11 +35,8 @@ def test_all_shapes_at_once_keep_colours(toyworld_pipe, toyworld_judge):
     v = vocabulary()
     prompts = [f"a picture of a {c} {s}" for s in v.shapes for c in v.colour_names[:3]]
     erasure = erase(toyworld_pipe, list(v.shapes))
-    erasure.fuse(toyworld_pipe)
-    try:
+    with erasure.fuse(toyworld_pipe):
         labels = toyworld_judge.predict(generate(toyworld_pipe, prompts, seed=200))
-    finally:
-        erasure.remove(toyworld_pipe)
     expected_shapes = [s for s in v.shapes for _ in v.colour_names[:3]]
     still = sum(a == b for a, b in zip(labels["shape"], expected_shapes))
     assert still <= 2, labels["shape"]
@@ -78,15 +71,3 @@ def test_preserve_rounds_move_mass_to_the_concept_the_edit_changes_most(toyworld
     assert max(moved, key=moved.get) == most_changed
     assert moved[most_changed] > 2 * shares[most_changed]
     assert abs(sum(moved.values()) - 1) < 1e-3
-
-
-def test_gates_are_clipped_to_gate_max(toyworld_pipe):
-    from ace_erasure import AceConfig
-
-    def gates(**kw):
-        return erase(toyworld_pipe, ["hexagon"], config=AceConfig(**kw)).gates
-
-    clipped = [max(g) for g in gates().values()]
-    free = [max(g) for g in gates(gate_max=2.0).values()]
-    assert max(clipped) <= 1.0 and max(free) <= 2.0
-    assert max(free) > 1.0  # hexagon's unclipped layer gates are ~1.3-1.6 on ToyWorld

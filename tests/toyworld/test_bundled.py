@@ -51,17 +51,13 @@ def test_judge_is_accurate_on_rendered_ground_truth(toyworld_judge):
 
 
 def test_model_draws_and_the_default_erasure_removes_a_shape(toyworld_pipe, toyworld_judge):
-    from ace_erasure import erase
-    from ace_erasure.models.loading import generate
+    from ace_erasure import erase, generate
 
     prompts = [f"a picture of a {c} triangle" for c in vocabulary().colour_names]
     before = toyworld_judge.predict(generate(toyworld_pipe, prompts, seed=100))["shape"]
     erasure = erase(toyworld_pipe, ["triangle"])
-    erasure.fuse(toyworld_pipe)
-    try:
+    with erasure.fuse(toyworld_pipe):
         after = generate(toyworld_pipe, prompts, seed=100)
-    finally:
-        erasure.remove(toyworld_pipe)
     after_labels = toyworld_judge.predict(after)["shape"]
     assert before.count("triangle") >= 6, before
     assert after_labels.count("triangle") <= 1, after_labels

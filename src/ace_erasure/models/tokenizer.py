@@ -42,7 +42,7 @@ def write_clip_vocabulary(out_dir: str | Path) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = resources.files("ace_erasure.toyworld").joinpath(BPE_FILE).read_bytes()
+    raw = resources.files("ace_erasure").joinpath(BPE_FILE).read_bytes()
     lines = gzip.decompress(raw).decode("utf-8").split("\n")
     merges = lines[1 : N_MERGES + 1]
     byte_chars = _bytes_to_unicode()

@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+import ace_erasure
 from ace_erasure import AceConfig, Erasure, erase
+from ace_erasure.errors import AceError
+from ace_erasure.methods.ace.token_gate import (
+    BASIS,
+    TokenGateProcessor,
+    concept_subspace,
+    install,
+    mask_parameters,
+)
 from ace_erasure.models.plumbing import cross_attention_layers
-from ace_erasure.processors import TokenGateProcessor, concept_subspace, mask_parameters
 
 CONFIG = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2, mode="token_gate")
 
@@ -26,15 +34,11 @@ def _image(pipe, prompt="a red circle"):
 def _install(pipe, erasure, threshold, sharpness=1e4):
     processors = dict(pipe.unet.attn_processors)
     for layer, _ in cross_attention_layers(pipe.unet):
-        k, v = f"{layer}.to_k", f"{layer}.to_v"
+        (k_down, k_up), (v_down, v_up) = (
+            erasure.edits[f"unet.{layer}.{p}"].lora_factors() for p in ("to_k", "to_v")
+        )
         processors[f"{layer}.processor"] = TokenGateProcessor(
-            erasure.up[k],
-            erasure.down[k],
-            erasure.up[v],
-            erasure.down[v],
-            erasure.token_gate["basis"],
-            threshold,
-            sharpness,
+            k_up, k_down, v_up, v_down, erasure.method_tensors[BASIS], threshold, sharpness
         )
     pipe.unet.set_attn_processor(processors)
 
@@ -44,9 +48,8 @@ def test_mask_limits_equal_lora_and_base(tiny_pipes):
     base = _image(pipe)
     original = dict(pipe.unet.attn_processors)
     erasure = erase(pipe, ["circle"], config=CONFIG)
-    erasure.fuse(pipe)
-    lora = _image(pipe)
-    erasure.remove(pipe)
+    with erasure.fuse(pipe):
+        lora = _image(pipe)
     _install(pipe, erasure, threshold=-1.0)  # every token in the mask: the LoRA
     all_tokens = _image(pipe)
     _install(pipe, erasure, threshold=2.0)  # no token in the mask: the base model
@@ -61,16 +64,19 @@ def test_token_gate_round_trip_and_remove(tiny_pipes, tmp_path):
     pipe = tiny_pipes("sd1")
     base = _image(pipe)
     erasure = erase(pipe, ["circle"], config=CONFIG)
-    assert erasure.mode == "token_gate"
+    assert erasure.method_data["mode"] == "token_gate"
     erasure.save(tmp_path / "e")
-    assert (tmp_path / "e" / "ace_token_gate.safetensors").is_file()
+    assert (tmp_path / "e" / "method_tensors.safetensors").is_file()
     loaded = Erasure.load(tmp_path / "e")
-    assert loaded.token_gate["threshold"] == pytest.approx(erasure.token_gate["threshold"])
-    assert torch.equal(loaded.token_gate["basis"], erasure.token_gate["basis"])
+    threshold = loaded.method_data["token_gate"]["threshold"]
+    assert threshold == pytest.approx(erasure.method_data["token_gate"]["threshold"])
+    assert torch.equal(loaded.method_tensors[BASIS], erasure.method_tensors[BASIS])
     processors = dict(pipe.unet.attn_processors)
-    loaded.apply(pipe)
-    gated = _image(pipe)
-    loaded.remove(pipe)
+    with ace_erasure.apply(loaded, pipe):  # the method's own way: the token-gate processors
+        assert any(isinstance(p, TokenGateProcessor) for p in pipe.unet.attn_processors.values())
+        gated = _image(pipe)
+        with pytest.raises(AceError, match="already installed"):
+            install(pipe, loaded)
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {
         k: type(v) for k, v in processors.items()
     }

@@ -87,7 +87,7 @@ def test_invalid_scenes_are_rejected():
 def test_tokenizer_matches_stable_diffusion_ids(tmp_path):
     from transformers import CLIPTokenizer
 
-    from ace_erasure.toyworld.tokenizer import build_tokenizer
+    from ace_erasure.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(tmp_path)
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -1,4 +1,7 @@
-"""ACE's per-token gate as a diffusers attention processor (DESIGN.md §2, stage 1.3).
+"""ACE's per-token gate (``AceConfig.mode = "token_gate"``) as a diffusers attention processor
+(DESIGN.md §2, stage 1.3). Only ACE knows about it: the erasure it makes is an ordinary LoRA
+(the gate's linearisation) plus the concept subspace in its method tensors, and
+:func:`install` puts the processors in place of the LoRA.
 
 The weight-space LoRA edits every token's key and value: ``K = (W + Δ) e``. The token gate
 applies the same edit only where a token looks like the concept: ``K = W e + m(e) Δ e`` with a
@@ -10,11 +13,17 @@ LoRA is this processor's linearisation (m ≡ 1); the processor needs ace-erasur
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ace_erasure.errors import ConfigError
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from ace_erasure.erasure import Erasure
+
+from ace_erasure.errors import AceError, ConfigError
+from ace_erasure.models.plumbing import cross_attention_layers
 
 
 def concept_subspace(
@@ -154,3 +163,58 @@ class TokenGateProcessor(nn.Module):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+BASIS = "token_gate.basis"  # the method tensor that holds the concept subspace (d, k)
+
+
+def is_token_gate(erasure: Erasure) -> bool:
+    """Whether ``erasure`` was made in token-gate mode."""
+    return erasure.method_data.get("mode") == "token_gate"
+
+
+class InstalledTokenGate:
+    """Token-gate processors installed in a pipeline; :meth:`remove` puts the previous
+    processors back."""
+
+    def __init__(self, pipe, previous: dict) -> None:
+        self.pipe, self.previous = pipe, previous
+
+    def remove(self) -> None:
+        if self.previous:
+            self.pipe.unet.set_attn_processor(self.previous)
+            self.previous = {}
+
+    def __enter__(self) -> InstalledTokenGate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def install(pipe, erasure: Erasure, scale: float = 1.0, *, force: bool = False):
+    """Put a token-gate erasure's processors on every cross-attention layer of ``pipe``;
+    returns the handle that removes them."""
+    if not is_token_gate(erasure):
+        raise AceError("this erasure was not made in token-gate mode")
+    erasure.check_compatible(pipe, force=force)
+    if any(isinstance(p, TokenGateProcessor) for p in pipe.unet.attn_processors.values()):
+        raise AceError("a token-gate erasure is already installed in this pipeline")
+    data = erasure.method_data["token_gate"]
+    previous = dict(pipe.unet.attn_processors)
+    processors = dict(previous)
+    for layer, _ in cross_attention_layers(pipe.unet):
+        (k_down, k_up), (v_down, v_up) = (
+            erasure.edits[f"unet.{layer}.{proj}"].lora_factors() for proj in ("to_k", "to_v")
+        )
+        processors[f"{layer}.processor"] = TokenGateProcessor(
+            k_up * scale,
+            k_down,
+            v_up * scale,
+            v_down,
+            erasure.method_tensors[BASIS],
+            float(data["threshold"]),
+            float(data["sharpness"]),
+        ).to(pipe.unet.device)
+    pipe.unet.set_attn_processor(processors)
+    return InstalledTokenGate(pipe, previous)

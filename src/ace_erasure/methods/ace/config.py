@@ -1,0 +1,165 @@
+"""ACE's options (stages 0–1), with the measurement behind every default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ace_erasure.methods.base import check_fields, require
+
+ENCODE_DTYPES: dict[str, torch.dtype | None] = {"model": None, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class AceConfig:
+    """Hyper-parameters of ACE stages 0–1. Defaults were chosen on ToyWorld by
+    ``benchmarks/erase_toyworld.py --sweep`` (tables in benchmarks/README.md).
+
+    Args:
+        ridge: relative ridge λ (λ = ridge x mean eigenvalue of the system); larger = smaller,
+            safer edits. Must be > 0 unless the system is well determined.
+        preserve_weight: weight λ_p of the preserve set against the targets. 5 is where the first
+            ToyWorld's shapes and characters kept other concepts within 3 points (1: up to 11
+            points lost; 10: no loss but weaker erasure); see benchmarks/README.md.
+        suffix_weight: total weight of the tokens after the concept in a prompt (words, EOS,
+            padding: ~70 tokens) relative to the concept's own tokens; spread evenly over them so
+            that the padding does not outnumber the concept. 0 edits only the concept tokens.
+            4: on ToyWorld (shapes, characters) 1 left "circle" in 4 of 16 images, 2 and 4 in at
+            most 1 (4 kept synonyms lower: worst 2 of 16 vs 3); the EOS tokens carry the concept
+            too.
+        neighbours: mined neighbours per concept prompt (stage 0); 0 disables mining. 4: with 0
+            or 8 circle's worst specificity drop was 9.7 / 6.9 points, 6.9 at 4.
+        neighbour_radius: norm of the input-embedding perturbation, relative to the token's norm.
+        neighbour_templates: how many of the kind's templates get mined neighbours.
+        rank: LoRA rank; None picks the smallest rank keeping ``rank_energy`` of every layer's
+            edit (capped at ``max_rank``).
+        rank_energy: fraction of ‖Δ‖²_F kept when ``rank`` is None.
+        max_rank: cap on the automatic rank.
+        gate: "layer" (one gate per layer), "head" (one per attention head) or "none" (all 1).
+            Gates are clipped to [0, 1]: unclipped, ToyWorld's layer gates are 1.2–1.6 and
+            erased more at a 10-point specificity cost (seed 0), without erasing the seed-1
+            model's heart (0.75–0.94 left); see docs/design-notes.md.
+        gate_steps: denoising steps run on concept prompts to record attention queries.
+        gate_prompts: concept prompts used for the queries (per concept).
+        gate_max_prompts: cap on the query prompts of all concepts together (round-robin).
+        gate_resolution: image side (pixels) used for the query run; None = the model's default.
+        gate_preserve_weight: weight of the preserve term in the gate objective.
+        gate_queries: query rows kept per layer and prompt (random subsample).
+        preserve_general: number of general captions in the preserve set (ToyWorld: grammar
+            captions; other models: the shipped caption list, all of it).
+        preserve_rounds: the related concepts' preserve group starts with each concept's share
+            of its weight; after each solve, each share is multiplied by how much the edit
+            changes that concept (‖G p‖² / ‖p‖² over its rows, normalised) and the edit is
+            solved again, this many times. Specificity is judged per concept, so the mass goes
+            where it is lost (ToyWorld: erasing "circle" also erased "hexagon").
+        preserve_focus: the damage enters that product raised to this power (0: no effect).
+        anchor_push: push the targets past the anchor, away from the concept:
+            a + anchor_push (a − t) (negative guidance in embedding space, as ESD does for noise).
+            None = automatic: 0.5 for explicit content and wherever the anchor is the
+            unconditional prompt, 0 otherwise. Explicit content is evoked by its context words
+            too ("a hazard sign" minus "hazard"): on ToyWorld the hazard stayed in 11 of 16
+            images mapped onto its prompt anchor unpushed, and in none pushed by 0.5, 0.75 or 1.
+            For objects, styles and people pushing cost specificity (shapes: worst drop 2.8 ->
+            8.3 points at 0.5), so they are not pushed.
+        empty_anchor: what an empty anchor ("") maps the concept and the tokens after it onto:
+            "prompt" = the same prompt without the concept ("a red"); "unconditional" = the
+            empty prompt's tokens (the model's unconditional distribution, as in ESD). The words
+            before the concept keep their own tokens either way.
+        encode_dtype: "model" encodes the statistics' prompts with the pipeline's text
+            encoder(s) as loaded; "bfloat16" with bfloat16 copies of them (a CPU speed-up: ~3.7x
+            for a CLIP-L-sized encoder on this project's AVX-512-BF16 CPUs, where prompt
+            encoding is most of the time; embeddings deviate ~0.7 %; see benchmarks/README.md).
+        mode: "lora" (the edit applies to every token: a standard LoRA) or "token_gate" (an
+            attention processor applies it only to tokens in the concept subspace; the saved
+            LoRA stays available for stock diffusers as its linearisation).
+        token_gate_rank: dimension of the concept subspace of the token gate.
+        token_gate_threshold: where the mask switches on, as a fraction of the way from the
+            mean subspace share of preserved tokens (0) to that of concept tokens (1).
+        token_gate_sharpness: mask steepness across that gap (larger = harder mask).
+    """
+
+    ridge: float = field(default=0.01, metadata={"help": "relative ridge (>= 0)"})
+    preserve_weight: float = field(default=5.0, metadata={"help": "weight of preserve embeddings"})
+    suffix_weight: float = field(
+        default=4.0, metadata={"help": "weight of EOS/padding/suffix tokens"}
+    )
+    neighbours: int = field(default=4, metadata={"help": "mined neighbours per prompt"})
+    neighbour_radius: float = field(default=0.15, metadata={"help": "relative perturbation norm"})
+    neighbour_templates: int = field(default=6, metadata={"help": "templates that get neighbours"})
+    rank: int | None = field(default=None, metadata={"help": "LoRA rank (None: automatic)"})
+    rank_energy: float = field(
+        default=0.999, metadata={"help": "energy kept by the automatic rank"}
+    )
+    max_rank: int = field(default=64, metadata={"help": "cap on the automatic rank"})
+    gate: Literal["layer", "head", "none"] = field(
+        default="layer", metadata={"help": "gate granularity"}
+    )
+    gate_steps: int = field(default=3, metadata={"help": "denoising steps for query recording"})
+    gate_prompts: int = field(default=4, metadata={"help": "concept prompts for query recording"})
+    gate_max_prompts: int = field(default=16, metadata={"help": "cap on query prompts in all"})
+    gate_resolution: int | None = field(
+        default=None, metadata={"help": "image side for the query run"}
+    )
+    gate_preserve_weight: float = field(
+        default=1.0, metadata={"help": "preserve weight in the gate"}
+    )
+    gate_queries: int = field(default=256, metadata={"help": "query rows per layer and prompt"})
+    preserve_general: int = field(default=200, metadata={"help": "general captions preserved"})
+    preserve_rounds: int = field(
+        default=0, metadata={"help": "re-solves shifting preserve mass to harmed concepts"}
+    )
+    preserve_focus: float = field(
+        default=1.0, metadata={"help": "exponent of the damage in that re-weighting"}
+    )
+    anchor_push: float | None = field(
+        default=None, metadata={"help": "push targets past the anchor (None: automatic)"}
+    )
+    empty_anchor: Literal["prompt", "unconditional"] = field(
+        default="prompt", metadata={"help": "what an empty anchor means"}
+    )
+    encode_dtype: Literal["model", "bfloat16"] = field(
+        default="model", metadata={"help": "text-encoder dtype for the statistics"}
+    )
+    mode: Literal["lora", "token_gate"] = field(
+        default="lora", metadata={"help": "lora | token_gate"}
+    )
+    token_gate_threshold: float = field(default=0.5, metadata={"help": "mask threshold (0..1)"})
+    token_gate_sharpness: float = field(default=4.0, metadata={"help": "mask steepness"})
+    token_gate_rank: int = field(
+        default=4, metadata={"help": "concept subspace dimension (token gate)"}
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(
+            self,
+            [
+                (self.ridge >= 0, "ridge must be >= 0"),
+                (self.preserve_weight >= 0, "preserve_weight must be >= 0"),
+                (self.suffix_weight >= 0, "suffix_weight must be >= 0"),
+                (self.neighbours >= 0, "neighbours must be >= 0"),
+                (self.neighbour_radius >= 0, "neighbour_radius must be >= 0"),
+                (self.neighbour_templates >= 0, "neighbour_templates must be >= 0"),
+                (self.rank is None or self.rank >= 1, "rank must be >= 1"),
+                (0 < self.rank_energy <= 1, "rank_energy must be in (0, 1]"),
+                (self.max_rank >= 1, "max_rank must be >= 1"),
+                (
+                    min(self.gate_steps, self.gate_prompts, self.gate_max_prompts) >= 1,
+                    "gate_steps, gate_prompts and gate_max_prompts must be >= 1",
+                ),
+                (
+                    self.gate_resolution is None or self.gate_resolution >= 8,
+                    "gate_resolution must be >= 8 pixels",
+                ),
+                (self.gate_preserve_weight >= 0, "gate_preserve_weight must be >= 0"),
+                (self.gate_queries >= 1, "gate_queries must be >= 1"),
+                (self.preserve_general >= 0, "preserve_general must be >= 0"),
+                (self.preserve_rounds >= 0, "preserve_rounds must be >= 0"),
+                (self.preserve_focus >= 0, "preserve_focus must be >= 0"),
+                (self.anchor_push is None or self.anchor_push >= 0, "anchor_push must be >= 0"),
+                (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
+                (self.token_gate_sharpness > 0, "token_gate_sharpness must be > 0"),
+            ],
+        )
