@@ -13,7 +13,7 @@ from typing import Any
 
 from ace_erasure.concepts import Concept, as_concepts
 from ace_erasure.erasure import Erasure
-from ace_erasure.methods import build_config, get_method
+from ace_erasure.methods import DEFAULT_METHOD, build_config, get_method
 from ace_erasure.methods.base import Progress
 from ace_erasure.models import loading
 from ace_erasure.prompts import PromptWorld
@@ -32,7 +32,7 @@ def resolve_concepts(items: Iterable[Concept | str], world: PromptWorld) -> list
 def erase(
     pipe,
     concepts: Iterable[Concept | str],
-    method: str = "ace",
+    method: str | None = None,
     config: Any = None,
     seed: int = 0,
     progress: Progress | None = None,
@@ -42,11 +42,12 @@ def erase(
     """Erase ``concepts`` from ``pipe`` (not modified) and return the :class:`Erasure`.
 
     ``concepts`` are :class:`Concept` objects or plain names (on ToyWorld a name's kind comes
-    from the vocabulary; elsewhere it defaults to "object"). ``config`` is the method's config
-    dataclass (``AceConfig`` for ACE) or a dict of its fields; None uses the defaults.
+    from the vocabulary; elsewhere it defaults to "object"). ``method`` is a registered method's
+    name (None: the library's default, ACE); ``config`` is the method's config dataclass or a
+    dict of its fields (None: the method's defaults).
     ``world`` defaults to the pipeline's own (ToyWorld for a ToyWorld model, else generic).
     """
-    chosen = get_method(method)
+    chosen = get_method(method or DEFAULT_METHOD)
     options = build_config(chosen, config)
     world = world or world_for(pipe)
     resolved = resolve_concepts(concepts, world)

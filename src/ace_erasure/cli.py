@@ -160,8 +160,8 @@ def erase(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="Erasure method (see `ace-erasure methods`).")
-    ] = "ace",
+        str | None, typer.Option(help="Erasure method (default: ace; see `ace-erasure methods`).")
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="YAML/JSON file with the method's options (e.g. AceConfig fields)."),
@@ -179,7 +179,7 @@ def erase(
     """Erase concepts from a model; writes a diffusers LoRA that `load_lora_weights` loads."""
     from ace_erasure.api import erase as run_erase
     from ace_erasure.concepts import Concept, load_concepts
-    from ace_erasure.methods import build_config, get_method
+    from ace_erasure.methods import DEFAULT_METHOD, build_config, get_method
     from ace_erasure.methods.base import parse_overrides
     from ace_erasure.worlds import load_pipeline, world_for
 
@@ -189,7 +189,7 @@ def erase(
         raise AceError("give --concept NAME or --concepts FILE")
     if synonym and (not concept or len(concept) != 1):
         raise AceError("--synonym needs exactly one --concept")
-    chosen = get_method(method)
+    chosen = get_method(method or DEFAULT_METHOD)
     options = build_config(chosen, file=config, overrides=parse_overrides(set_ or []))
     pipe = load_pipeline(model)
     world = world_for(pipe)

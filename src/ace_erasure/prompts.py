@@ -8,7 +8,7 @@ The core (methods, evaluation) receives a world as an argument and never asks wh
 - :class:`GenericWorld` serves any model: names are objects unless told otherwise, nothing is
   related but each concept's own ``preserve`` list, and the general captions are the shipped
   caption list (``data/general_captions.txt``).
-- ToyWorld's world (``ace_erasure.toyworld.world``) knows its vocabulary, families and judge.
+- ToyWorld's world (in the ToyWorld package) knows its vocabulary, families and judge.
 
 :func:`related_pairs` and :func:`general_prompts` build an erasure's preserve prompts from a
 world.

@@ -11,8 +11,10 @@ from ace_erasure.methods.base import (
 )
 
 register(Ace())
+DEFAULT_METHOD = Ace.name  # what `erase` uses when no method is named
 
 __all__ = [
+    "DEFAULT_METHOD",
     "Ace",
     "AceConfig",
     "Method",

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ace_erasure._version import __version__
 from ace_erasure.io import normal_permissions
@@ -46,6 +46,12 @@ from ace_erasure.toyworld.judge import (
 )
 from ace_erasure.toyworld.render import render
 from ace_erasure.toyworld.vocab import Vocabulary, vocabulary
+from ace_erasure.training.checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    optimizer_tensors,
+    restore_optimizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,24 +218,6 @@ def noise_schedule_kwargs() -> dict:
 # Small helpers
 
 
-def _atomic_save(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
-) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(
-        {k: v.detach().contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata={k: str(v) for k, v in (metadata or {}).items()},
-    )
-    tmp.replace(path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -371,7 +359,7 @@ def _stage_latents(config: ToyWorldTrainConfig, out: Path, progress: Progress | 
             moments.append(torch.cat([posterior.mean, posterior.std], 1))
             if progress:
                 progress("latents", min(begin + chunk, len(scenes)), len(scenes), {})
-    _atomic_save({"moments": torch.cat(moments), **_scene_arrays(scenes, vocab)}, path)
+    atomic_save({"moments": torch.cat(moments), **_scene_arrays(scenes, vocab)}, path)
     return {"wall_seconds": round(time.time() - start, 1), "images": len(scenes)}
 
 
@@ -387,27 +375,6 @@ class _EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         for p, q in zip(module.parameters(), self.shadow.parameters()):
             q.mul_(d).add_(p.detach(), alpha=1 - d)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict:
-    tensors = {}
-    for i, p in enumerate(params):
-        state = optimizer.state.get(p)
-        if state:
-            tensors[f"opt.{i}.exp_avg"] = state["exp_avg"]
-            tensors[f"opt.{i}.exp_avg_sq"] = state["exp_avg_sq"]
-            tensors[f"opt.{i}.step"] = torch.as_tensor(state["step"]).reshape(1).float()
-    return tensors
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, params: list, tensors: dict) -> None:
-    for i, p in enumerate(params):
-        if f"opt.{i}.exp_avg" in tensors:
-            optimizer.state[p] = {
-                "exp_avg": tensors[f"opt.{i}.exp_avg"].clone(),
-                "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].clone(),
-                "step": tensors[f"opt.{i}.step"].reshape(()).clone(),
-            }
 
 
 def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | None) -> dict:
@@ -443,7 +410,7 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         ema_text.shadow.load_state_dict(
             {k[9:]: v for k, v in state.items() if k.startswith("ema_text.")}
         )
-        _restore_optimizer(optimizer, params, state)
+        restore_optimizer(optimizer, params, state)
         torch.set_rng_state(state["torch_rng"].to(torch.uint8))
         rng.bit_generator.state = meta["numpy_rng"]
         step, log, elapsed_before = meta["step"], meta["log"], meta["elapsed_seconds"]
@@ -454,16 +421,16 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         tensors |= {f"text.{k}": v for k, v in text_encoder.state_dict().items()}
         tensors |= {f"ema_unet.{k}": v for k, v in ema_unet.shadow.state_dict().items()}
         tensors |= {f"ema_text.{k}": v for k, v in ema_text.shadow.state_dict().items()}
-        tensors |= _optimizer_tensors(optimizer, params)
+        tensors |= optimizer_tensors(optimizer, params)
         tensors["torch_rng"] = torch.get_rng_state()
-        _atomic_save(tensors, state_path)
+        atomic_save(tensors, state_path)
         meta = {
             "step": step,
             "log": log,
             "numpy_rng": rng.bit_generator.state,
             "elapsed_seconds": elapsed_before + time.time() - start,
         }
-        _atomic_write_text(meta_path, json.dumps(meta))
+        atomic_write_text(meta_path, json.dumps(meta))
 
     start, window = time.time(), []
     unet.train()
@@ -526,8 +493,8 @@ def _stage_unet(config: ToyWorldTrainConfig, out: Path, progress: Progress | Non
         "log": log,
         "wall_seconds": round(elapsed_before + time.time() - start, 1),
     }
-    _atomic_write_text(work / "unet_log.json", json.dumps(summary))
-    _atomic_save(weights, final)
+    atomic_write_text(work / "unet_log.json", json.dumps(summary))
+    atomic_save(weights, final)
     return summary
 
 
@@ -594,7 +561,7 @@ def write_manifest(out: Path, config: ToyWorldTrainConfig, stages: dict) -> dict
         "versions": _versions(),
         "cpu_threads": torch.get_num_threads(),
     }
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -614,7 +581,7 @@ def train_toyworld(
             f"{out_dir} holds a run with a different config; "
             "resume with the same options or use a new --out"
         )
-    _atomic_write_text(config_path, config_json)
+    atomic_write_text(config_path, config_json)
     stages_path = out_dir / "_work" / "stages.json"
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
 
@@ -622,7 +589,7 @@ def train_toyworld(
         result = fn()
         if result is not None and not result.get("skipped"):
             stages[name] = result
-            _atomic_write_text(stages_path, json.dumps(stages, indent=2))
+            atomic_write_text(stages_path, json.dumps(stages, indent=2))
 
     run("judge", lambda: _stage_judge(config, out_dir, progress))
     run("vae", lambda: _stage_vae(config, out_dir, progress))
