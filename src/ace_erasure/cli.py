@@ -1,15 +1,22 @@
 """The ``ace-erasure`` command line: thin wrappers that parse, call the library and print.
 
-Every error the library raises as :class:`~ace_erasure.errors.AceError` is printed as one line
-on stderr with exit code 1; nothing is left half-written (outputs go to a temporary path first).
+:func:`main` is the one edge where errors become lines: every failure is one ``error: …`` line
+on stderr — exit code 2 for a usage error (an option the parser or the command refuses), 1 for
+a failure (a missing model, a corrupt file, a model an erasure was not made for), 130 for
+Ctrl-C — and no traceback (``ACE_ERASURE_DEBUG=1`` shows it). Output paths are checked before
+any work starts, and outputs are written to a temporary path and renamed, so an interrupted
+command leaves the previous state.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ace_erasure.errors import AceError
+from ace_erasure.errors import AceError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +43,19 @@ toyworld_app = typer.Typer(no_args_is_help=True, help="The bundled ToyWorld mode
 app.add_typer(toyworld_app, name="toyworld")
 console = Console(stderr=True, soft_wrap=True)
 
+MODEL_HELP = "Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld)."
+DEVICE_HELP = "cpu | cuda | mps | auto (a GPU when there is one)."
+IMAGE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+DTYPE_HELP = "float32 | float16 | bfloat16 | auto (float16 on a GPU, float32 on the CPU)."
+
 
 def _quiet_libraries() -> None:
     """Silence third-party chatter that is not for our users (torchvision fallbacks, shard bars)."""
@@ -46,41 +66,123 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*requires torchvision.*")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+class Bars:
+    """The library's progress callback as rich progress bars with an ETA, one per stage; the
+    bars start with the first report, so an input error raised before it stays one line."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(
+        self, stage: str, step: int, total: int, info: Mapping[str, float] | None = None
+    ) -> None:
+        if not self.tasks:
+            self.bar.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
+        text = " ".join(f"{k} {v:.4g}" for k, v in (info or {}).items())
+        self.bar.update(self.tasks[stage], completed=step, total=total, info=text)
+
+    def __enter__(self) -> Bars:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if not self.tasks:
+            return
+        if kind is None:
+            self.bar.stop()
+            return
+        # an error or Ctrl-C: its one line stands alone (the bars vanish, print nothing)
+        self.bar.live.transient = True
+        quiet = console.quiet
+        console.quiet = True
+        try:
+            self.bar.stop()
+        finally:
+            console.quiet = quiet
 
 
-def _save_image_atomically(image, out: Path) -> None:
+def _save_image_atomically(image, out: Path, info: dict | None = None) -> None:
+    """Write ``image`` to ``out`` through a temporary file; PNGs carry ``info`` as JSON text
+    (prompts, seeds, erasures: what made the image)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    image.save(tmp, format=(out.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    tmp.replace(out)
+    kind = IMAGE_FORMATS[out.suffix.lower()]
+    try:
+        if kind == "PNG" and info:
+            from PIL.PngImagePlugin import PngInfo
+
+            meta = PngInfo()
+            meta.add_text("ace-erasure", json.dumps(info))
+            image.save(tmp, format=kind, pnginfo=meta)
+        else:
+            image.convert("RGB").save(tmp, format=kind)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_sampling(steps: int | None, guidance: float | None, strength: float) -> None:
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
+        raise UsageError(f"--guidance must be a finite number >= 0, got {guidance}")
+    if not math.isfinite(strength) or strength < 0:
+        raise UsageError(f"--strength must be a finite number >= 0, got {strength}")
+
+
+def _check_size(pipe, height: int | None, width: int | None) -> None:
+    """Height and width must be multiples of what the VAE and the UNet's downsampling need."""
+    blocks = len(pipe.unet.config.block_out_channels)
+    multiple = int(pipe.vae_scale_factor) * 2 ** (blocks - 1)
+    for name, value in (("--height", height), ("--width", width)):
+        if value is not None and (value < multiple or value % multiple):
+            raise UsageError(f"{name} must be a positive multiple of {multiple} for this model")
+
+
+def _warn_long_prompts(pipe, prompts: list[str]) -> None:
+    from ace_erasure.models.plumbing import tokenizers
+
+    tokenizer = tokenizers(pipe)[0]
+    limit = int(tokenizer.model_max_length)
+    for prompt in dict.fromkeys(prompts):
+        n = len(tokenizer(prompt).input_ids)
+        if n > limit:
+            console.print(
+                f"warning: prompt {prompt[:40]!r}… is {n} tokens; the model reads the first "
+                f"{limit} (the rest is ignored)",
+                markup=False,
+            )
 
 
 @app.command()
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts; several make a grid.")],
     out: Annotated[
-        Path, typer.Option(help="Output image (PNG); a grid when several prompts/images.")
+        Path, typer.Option(help="Output image (.png, .jpg, .webp); a grid for several images.")
     ] = Path("generated.png"),
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld)."
-        ),
-    ] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     erasure: Annotated[
-        Path | None, typer.Option(help="Erasure folder (from `ace-erasure erase`) to apply first.")
+        list[Path] | None,
+        typer.Option(help="Erasure folder (from `ace-erasure erase`) to apply; repeatable."),
     ] = None,
+    strength: Annotated[
+        float, typer.Option(help="Erasure strength (LoRA scale of every --erasure).")
+    ] = 1.0,
+    compare: Annotated[
+        bool,
+        typer.Option(help="Write a labelled before/after grid (needs --erasure)."),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Image i uses seed + i.")] = 0,
     steps: Annotated[
         int | None, typer.Option(help="Sampling steps (default: 20 on ToyWorld, 30 otherwise).")
@@ -89,43 +191,94 @@ def generate(
         float | None,
         typer.Option(help="Classifier-free guidance (default: 5 on ToyWorld, 7.5 otherwise)."),
     ] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
+    height: Annotated[int | None, typer.Option(help="Image height (model default).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (model default).")] = None,
     images_per_prompt: Annotated[
         int, typer.Option(min=1, help="Images per prompt (grid columns).")
     ] = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    force: Annotated[
+        bool, typer.Option(help="Apply erasures made for another base model (recorded).")
+    ] = False,
 ) -> None:
     """Generate images (a grid for several prompts) with any Stable Diffusion pipeline."""
     from diffusers.utils import make_image_grid
 
+    from ace_erasure import __version__
     from ace_erasure.api import apply as apply_erasure
     from ace_erasure.api import generate as sample
+    from ace_erasure.erasure import Erasure
+    from ace_erasure.images import labelled_grid
+    from ace_erasure.io import check_output_file
     from ace_erasure.worlds import load_pipeline, world_for
 
     if not prompts or any(not p.strip() for p in prompts):
-        raise AceError("every prompt must be non-empty text")
-    if steps is not None and steps <= 0:
-        raise AceError(f"--steps must be positive, got {steps}")
-    pipe = load_pipeline(model)
+        raise UsageError("every prompt must be non-empty text")
+    _check_sampling(steps, guidance, strength)
+    if compare and not erasure:
+        raise UsageError("--compare shows an erasure's effect: give --erasure FOLDER")
+    check_output_file(out)
+    erasures = [Erasure.load(folder) for folder in erasure or []]
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    _check_size(pipe, height, width)
     world = world_for(pipe)
     unknown = sorted({w for p in prompts for w in world.unknown_words(p)})
     if unknown:
         console.print(
-            f"warning: not in {world.name}'s vocabulary (generating anyway): {', '.join(unknown)}"
+            f"warning: not in {world.name}'s vocabulary (generating anyway): {', '.join(unknown)}",
+            markup=False,
         )
-    if erasure is not None:
-        from ace_erasure.erasure import Erasure
-
-        apply_erasure(Erasure.load(erasure), pipe)
+    _warn_long_prompts(pipe, prompts)
+    for item in erasures:
+        item.check_compatible(pipe, force=force)
+    if force and erasures:
+        console.print("warning: --force: erasures applied without the base-model check")
     expanded = [p for p in prompts for _ in range(images_per_prompt)]
-    start = time.perf_counter()
-    images = sample(pipe, expanded, seed=seed, steps=steps, guidance=guidance)
-    seconds = time.perf_counter() - start
-    grid = (
-        images[0]
-        if len(images) == 1
-        else make_image_grid(images, rows=len(prompts), cols=images_per_prompt)
+    options: dict[str, Any] = dict(
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
     )
-    _save_image_atomically(grid, out)
-    console.print(f"wrote {out} ({len(images)} image(s) in {seconds:.2f} s)")
+    start = time.perf_counter()
+    with Bars() as bars:
+        before = sample(pipe, expanded, progress=bars, **options) if compare else []
+        handles = [apply_erasure(e, pipe, strength, force=force) for e in erasures]
+        try:
+            images = sample(pipe, expanded, progress=bars, **options)
+        finally:
+            for handle in reversed(handles):
+                handle.remove()
+    seconds = time.perf_counter() - start
+    cols = images_per_prompt
+    if compare:
+        names = ", ".join(c.name for e in erasures for c in e.concepts)
+        rows, labels = [], []
+        for i, prompt in enumerate(prompts):
+            rows += [before[i * cols : (i + 1) * cols], images[i * cols : (i + 1) * cols]]
+            labels += [f"{prompt} — base model", f"{prompt} — without {names}"]
+        grid = labelled_grid(rows, labels)
+    else:
+        grid = images[0] if len(images) == 1 else make_image_grid(images, len(prompts), cols)
+    record = {
+        "prompts": prompts,
+        "images_per_prompt": images_per_prompt,
+        "seed": seed,
+        "model": str(model or "bundled ToyWorld"),
+        "erasures": [str(e) for e in erasure or []],
+        "strength": strength,
+        "forced": force,
+        "steps": steps or world.sampling.steps,
+        "guidance": world.sampling.guidance if guidance is None else guidance,
+        "negative_prompt": negative_prompt,
+        "ace_erasure": __version__,
+    }
+    _save_image_atomically(grid, out, record)
+    console.print(f"wrote {out} ({len(images)} image(s) in {seconds:.2f} s)", markup=False)
 
 
 @app.command()
@@ -153,12 +306,7 @@ def erase(
     concepts: Annotated[
         Path | None, typer.Option(help="YAML/JSON file with many concepts.")
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Pipeline folder, ToyWorld folder or hub id (default: bundled ToyWorld)."
-        ),
-    ] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     method: Annotated[
         str | None, typer.Option(help="Erasure method (default: ace; see `ace-erasure methods`).")
     ] = None,
@@ -173,27 +321,33 @@ def erase(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
     grid: Annotated[bool, typer.Option(help="Put a before/after grid in the model card.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Erase concepts from a model; writes a diffusers LoRA that `load_lora_weights` loads."""
     from ace_erasure.api import erase as run_erase
     from ace_erasure.concepts import Concept, load_concepts
+    from ace_erasure.errors import ConfigError
+    from ace_erasure.io import check_output_folder
     from ace_erasure.methods import DEFAULT_METHOD, build_config, get_method
     from ace_erasure.methods.base import parse_overrides
     from ace_erasure.worlds import load_pipeline, world_for
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AceError(f"{out} already exists and is not empty (use --overwrite to replace it)")
+    check_output_folder(out, overwrite=overwrite)
     if not concept and concepts is None:
-        raise AceError("give --concept NAME or --concepts FILE")
+        raise UsageError("give --concept NAME or --concepts FILE")
     if synonym and (not concept or len(concept) != 1):
-        raise AceError("--synonym needs exactly one --concept")
-    chosen = get_method(method or DEFAULT_METHOD)
-    options = build_config(chosen, file=config, overrides=parse_overrides(set_ or []))
-    pipe = load_pipeline(model)
-    world = world_for(pipe)
+        raise UsageError("--synonym needs exactly one --concept")
+    try:
+        chosen = get_method(method or DEFAULT_METHOD)
+        options = build_config(chosen, file=config, overrides=parse_overrides(set_ or []))
+    except ConfigError as error:  # the method and its options are command-line input
+        raise UsageError(str(error)) from error
     items: list = list(load_concepts(concepts)) if concepts is not None else []
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    world = world_for(pipe)
     for name in concept or []:
         if kind is None and anchor is None and not synonym and not preserve:
             items.append(name)  # the world gives its kind (and canonical name)
@@ -208,47 +362,62 @@ def erase(
                 preserve=tuple(preserve or ()),
             )
         )
-    # the bar starts with the first stage: an input error raised before it stays one line
-    bar, tasks = _progress(), dict[str, TaskID]()
-
-    def report(stage: str, step: int, total: int, info=None) -> None:
-        if not tasks:
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, info="")
-        bar.update(tasks[stage], completed=step)
-
     start = time.perf_counter()
-    try:
+    with Bars() as bars:
         result = run_erase(
-            pipe, items, method=chosen.name, config=options, seed=seed, progress=report, world=world
+            pipe, items, method=chosen.name, config=options, seed=seed, progress=bars, world=world
         )
-    finally:
-        if tasks:
-            bar.stop()
-    seconds = time.perf_counter() - start
-    image_grid = _before_after_grid(pipe, result, seed) if grid else None
-    result.save(out, grid=image_grid, overwrite=overwrite)
+        seconds = time.perf_counter() - start
+        image_grid, prompts = _before_after_grid(pipe, result, seed, bars) if grid else (None, [])
+    from ace_erasure.erasure import model_card
+
+    card = model_card(result, has_grid=image_grid is not None, grid_prompts=prompts)
+    result.save(out, grid=image_grid, card=card, overwrite=overwrite)
     names = ", ".join(c.name for c in result.concepts)
-    console.print(f"erased {names} in {seconds:.2f} s (rank {result.rank}); wrote {out}")
+    console.print(
+        f"erased {names} in {seconds:.2f} s (rank {result.rank}); wrote {out}", markup=False
+    )
 
 
-def _before_after_grid(pipe, result, seed: int):
-    """Top row: base model; bottom row: with the erasure (same seeds), 4 prompts."""
-    from diffusers.utils import make_image_grid
-
+def _before_after_grid(pipe, result, seed: int, bars: Bars):
+    """Top row: base model; bottom row: with the erasure (same seeds), up to 4 prompts naming
+    the erased concepts, each labelled."""
     from ace_erasure.api import apply as apply_erasure
     from ace_erasure.api import generate as sample
     from ace_erasure.concepts import prompt_pairs
+    from ace_erasure.images import labelled_grid
 
     prompts = []
     for concept in result.concepts:
         prompts += [p.text for p in prompt_pairs(concept, names=[concept.name])][1:]
     prompts = prompts[:4]
-    before = sample(pipe, prompts, seed=seed)
+    before = sample(pipe, prompts, seed=seed, progress=bars)
     with apply_erasure(result, pipe):
-        after = sample(pipe, prompts, seed=seed)
-    return make_image_grid(before + after, rows=2, cols=len(prompts))
+        after = sample(pipe, prompts, seed=seed, progress=bars)
+    grid = labelled_grid(
+        [before, after], ["base model", "with the erasure"], column_labels=prompts, label_width=140
+    )
+    return grid, prompts
+
+
+@app.command()
+def methods(
+    name: Annotated[str | None, typer.Argument(help="A method: list its options.")] = None,
+) -> None:
+    """List the registered erasure methods, or one method's options with their defaults."""
+    import dataclasses
+
+    from ace_erasure.methods import available, get_method
+
+    if name is None:
+        for method_name in available():
+            doc = (get_method(method_name).__doc__ or "").strip().splitlines()
+            typer.echo(f"{method_name}\t{doc[0] if doc else ''}")
+        return
+    method = get_method(name)
+    for field in dataclasses.fields(method.config_class):
+        default = field.default if field.default is not dataclasses.MISSING else "(required)"
+        typer.echo(f"{field.name} = {default!r}\t{field.metadata.get('help', '')}")
 
 
 @toyworld_app.command("train")
@@ -256,15 +425,19 @@ def toyworld_train(
     out: Annotated[Path, typer.Option(help="Output ToyWorld folder (resumes if it holds a run).")],
     seed: Annotated[int, typer.Option(help="Seeds every stage.")] = 0,
     steps: Annotated[
-        int | None, typer.Option(help="UNet + text-encoder steps (default from config).")
+        int | None, typer.Option(min=1, help="UNet + text-encoder steps (default from config).")
     ] = None,
-    vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default from config).")] = None,
+    vae_steps: Annotated[
+        int | None, typer.Option(min=1, help="VAE steps (default from config).")
+    ] = None,
     judge_steps: Annotated[
-        int | None, typer.Option(help="Judge steps (default from config).")
+        int | None, typer.Option(min=1, help="Judge steps (default from config).")
     ] = None,
-    n_images: Annotated[int | None, typer.Option(help="Images in the latent dataset.")] = None,
+    n_images: Annotated[
+        int | None, typer.Option(min=1, help="Images in the latent dataset.")
+    ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (default: torch's choice).")
+        int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice).")
     ] = None,
 ) -> None:
     """Rebuild ToyWorld from scratch (judge, VAE, text encoder + UNet) into OUT; resumable."""
@@ -274,6 +447,8 @@ def toyworld_train(
 
     from ace_erasure.toyworld.train import ToyWorldTrainConfig, train_toyworld
 
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder")
     if threads:
         torch.set_num_threads(threads)
     config = ToyWorldTrainConfig(seed=seed)
@@ -287,18 +462,10 @@ def toyworld_train(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(message)s",
     )
-    with _progress() as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def report(stage: str, step: int, total: int, info: dict) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, info="")
-            text = " ".join(f"{k} {v:.4f}" for k, v in info.items())
-            bar.update(tasks[stage], completed=step, info=text)
-
-        manifest = train_toyworld(config, out, progress=report)
+    with Bars() as bars:
+        manifest = train_toyworld(config, out, progress=bars)
     accuracy = manifest["stages"]["judge"].get("held_out_accuracy", {})
-    console.print(f"wrote {out} (judge held-out accuracy: {accuracy})")
+    console.print(f"wrote {out} (judge held-out accuracy: {accuracy})", markup=False)
 
 
 @toyworld_app.command("info")
@@ -306,42 +473,95 @@ def toyworld_info(
     folder: Annotated[
         Path | None, typer.Argument(help="ToyWorld folder (default: bundled).")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole manifest as JSON.")
+    ] = False,
 ) -> None:
-    """Print a ToyWorld folder's manifest summary: sizes, steps, accuracies."""
-    import json
-
+    """Summarise a ToyWorld folder: seed, sizes, training steps and times, judge accuracy."""
     from ace_erasure.toyworld.assets import manifest
 
     data = manifest(folder)
-    summary = {
-        "config": {k: data["config"][k] for k in ("seed", "steps", "unet_channels", "text_hidden")},
-        "stages": data["stages"],
-        "versions": data["versions"],
-    }
-    typer.echo(json.dumps(summary, indent=2))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    config, stages = data["config"], data["stages"]
+    judge = stages.get("judge", {}).get("held_out_accuracy", {})
+    lines = [
+        f"ToyWorld {folder or '(bundled)'}: seed {config['seed']}, {config['image_size']} px",
+        f"  UNet channels {config['unet_channels']}, {config['steps']} steps "
+        f"({stages.get('unet', {}).get('wall_seconds', '?')} s); text encoder "
+        f"{config['text_layers']} layers x {config['text_hidden']}",
+        f"  VAE {config['vae_steps']} steps; judge {config['judge']['steps']} steps, held-out "
+        "accuracy " + ", ".join(f"{k} {v:.4f}" for k, v in judge.items()),
+        f"  files: {len(data['files'])} (sha256 in manifest.json); versions "
+        + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
+    ]
+    typer.echo("\n".join(lines))
 
 
-def main() -> None:
-    """Console-script entry point: run the app, turn our errors into one line and exit code 1."""
-    _quiet_libraries()
+def _usage_classes() -> tuple[type[BaseException], ...]:
+    """The parser's usage-error classes: typer's vendored click, or click itself."""
+    classes: list[type[BaseException]] = []
+    base = getattr(typer, "TyperException", None)
+    if isinstance(base, type):
+        classes.append(base)
     try:
-        app(standalone_mode=False)
-    except AceError as error:
-        # plain text, never wrapped: one line a user (or a script) can read
-        sys.stderr.write(f"error: {' '.join(str(error).split())}\n")
-        sys.exit(1)
-    except (typer.Abort, KeyboardInterrupt):
-        console.print("aborted", markup=False)
-        sys.exit(130)
-    except Exception as error:  # click usage errors carry their own exit code
         import click
 
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Exit):
-            sys.exit(error.exit_code)
-        raise
+        classes.append(click.exceptions.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(classes)
+
+
+def _line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app; every error becomes one line and an exit code
+    (2 usage, 1 failure, 130 interrupted)."""
+    _quiet_libraries()
+    debug = bool(os.environ.get("ACE_ERASURE_DEBUG"))
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted (nothing was written)\n")
+        sys.exit(130)
+    except UsageError as error:
+        sys.stderr.write(f"error: {_line(error)}\n")
+        sys.exit(2)
+    except AceError as error:
+        # plain text, never wrapped: one line a user (or a script) can read
+        sys.stderr.write(f"error: {_line(error)}\n")
+        sys.exit(1)
+    except _usage_classes() as error:
+        if type(error).__name__ == "Abort":
+            sys.stderr.write("error: interrupted (nothing was written)\n")
+            sys.exit(130)
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        if not message:  # no arguments: the help was printed
+            message = "no command given; the commands are listed above"
+        sys.stderr.write(f"error: {_line(message)} (see --help)\n")
+        sys.exit(int(getattr(error, "exit_code", 2)) or 2)
+    except OSError as error:
+        if debug:
+            raise
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        sys.stderr.write(f"error: {_line(error.strerror or error)}{where}\n")
+        sys.exit(1)
+    except Exception as error:
+        if debug:
+            raise
+        sys.stderr.write(
+            f"error: unexpected {type(error).__name__}: {_line(error)} "
+            "(a bug: run with ACE_ERASURE_DEBUG=1 for the traceback and report it)\n"
+        )
+        sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C inside a command into an exit code
+        sys.stderr.write("error: interrupted (nothing was written)\n")
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -541,7 +542,10 @@ def _quiet_diffusers() -> Iterator[None]:
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            # PEFT warns when a second adapter joins a model: composing erasures is the point
+            warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
+            yield
     finally:
         diffusers_logging.set_verbosity(level)
 

@@ -19,3 +19,11 @@ class ModelLoadError(AceError):
 
 class WeightsError(AceError):
     """A weights file that is missing, corrupt, or made for another model."""
+
+
+class OutputError(AceError):
+    """An output path that cannot be written (checked before the work starts)."""
+
+
+class UsageError(AceError):
+    """A command-line option that makes no sense (the CLI exits with code 2)."""

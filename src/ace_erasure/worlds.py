@@ -59,7 +59,8 @@ def load_pipeline(
     model: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ):
-    """Load a text-to-image pipeline; ``None`` loads the bundled ToyWorld model."""
+    """Load a text-to-image pipeline; ``None`` loads the bundled ToyWorld model. ``device`` and
+    ``dtype`` take names too ("auto", "cuda", "float16"; see ``models.loading``)."""
     return loading.load_pipeline(resolve_model(model), device=device, dtype=dtype)

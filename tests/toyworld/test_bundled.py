@@ -89,9 +89,11 @@ def test_erase_refuses_unknown_toyworld_concepts(monkeypatch, capsys, tmp_path):
     assert not out.exists()
 
 
-def test_info_prints_the_manifest(monkeypatch, capsys):
+def test_info_prints_a_summary_and_the_manifest(monkeypatch, capsys):
     code, out, _ = _run(monkeypatch, capsys, "toyworld", "info")
-    assert code == 0 and json.loads(out)["config"]["steps"] == manifest()["config"]["steps"]
+    assert code == 0 and "seed 0" in out and "held-out accuracy shape" in out
+    code, out, _ = _run(monkeypatch, capsys, "toyworld", "info", "--json")
+    assert code == 0 and json.loads(out) == manifest()
 
 
 @pytest.mark.parametrize("head", ["shape", "colour", "style", "character", "hazard"])

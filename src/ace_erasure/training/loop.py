@@ -122,7 +122,7 @@ class Trainer:
             assert isinstance(loss, torch.Tensor)
             if not torch.isfinite(loss):
                 raise ConfigError(
-                    f"{self.stage}: the loss became {float(loss)} at step "
+                    f"{self.stage}: the loss became {float(loss.detach())} at step "
                     f"{self.state.step}; lower the learning rate"
                 )
             self.optimizer.zero_grad(set_to_none=True)
