@@ -1,0 +1,69 @@
+"""Attacks that try to bring an erased concept back (see :mod:`.base` for the interface).
+
+=========  ==========================================================  ====================
+name       what it optimises                                           result
+=========  ==========================================================  ====================
+random     nothing: k random vocabulary tokens before the prompt       control
+soft       k soft input tokens before the prompt (UnlearnDiffAtk)      soft prefix
+hard       k real vocabulary tokens, projected search (PEZ)            plain text
+ti         one new token in place of the concept's name (CCE)          a new embedding
+cond       a free residual on the text encoder's output                upper bound
+=========  ==========================================================  ====================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ace_erasure.attacks.base import (
+    Adversary,
+    AttackResult,
+    AttackTarget,
+    PlainPrompts,
+    generate_attacked,
+)
+from ace_erasure.attacks.conditioning import ConditioningAttack
+from ace_erasure.attacks.hard_prompt import HardPromptAttack
+from ace_erasure.attacks.soft_prompt import RandomPrefixControl, SoftPromptAttack
+from ace_erasure.attacks.textual_inversion import TextualInversionAttack
+from ace_erasure.errors import ConfigError
+
+ATTACKS: dict[str, Any] = {
+    attack.name: attack
+    for attack in (
+        RandomPrefixControl(),
+        SoftPromptAttack(),
+        HardPromptAttack(),
+        TextualInversionAttack(),
+        ConditioningAttack(),
+    )
+}
+
+
+def get_attack(name: str):
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+def attack_config(name: str, options: dict | None = None):
+    """The config of attack ``name`` from a dict of its fields (a ConfigError for unknown ones)."""
+    cls = get_attack(name).config_class
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise ConfigError(f"unknown {name} attack option(s): {', '.join(unknown)}")
+    return cls(**(options or {}))
+
+
+__all__ = [
+    "ATTACKS",
+    "Adversary",
+    "AttackResult",
+    "AttackTarget",
+    "PlainPrompts",
+    "attack_config",
+    "generate_attacked",
+    "get_attack",
+]
