@@ -311,6 +311,121 @@ CASES = [
         1,
         "not in ToyWorld's vocabulary",
     ),
+    # evaluate
+    (
+        "evaluate-unknown-attack",
+        ["evaluate", "--erasure", "{erasure}", "--out", "{tmp}/r", "--attacks", "soft,magic"],
+        2,
+        "unknown attack 'magic'",
+    ),
+    (
+        "evaluate-attack-twice",
+        ["evaluate", "--erasure", "{erasure}", "--out", "{tmp}/r", "--attacks", "soft,soft"],
+        2,
+        "names an attack twice",
+    ),
+    (
+        "evaluate-attack-option",
+        ["evaluate", "--erasure", "{erasure}", "--out", "{tmp}/r", "--attack-set", "soft.kk=3"],
+        2,
+        "unknown soft attack option(s): kk",
+    ),
+    (
+        "evaluate-attack-set-form",
+        ["evaluate", "--erasure", "{erasure}", "--out", "{tmp}/r", "--attack-set", "steps=3"],
+        2,
+        "attack.key=value",
+    ),
+    (
+        "evaluate-missing-erasure",
+        ["evaluate", "--erasure", "{tmp}/none", "--out", "{tmp}/r"],
+        1,
+        "does not exist",
+    ),
+    (
+        "evaluate-another-model",
+        ["evaluate", "--erasure", "{erasure}", "--model", "{other}", "--out", "{tmp}/r"],
+        1,
+        "made for another base model",
+    ),
+    (
+        "evaluate-no-judge",
+        ["evaluate", "--erasure", "{erasure}", "--model", "{tiny}", "--out", "{tmp}/r"],
+        1,
+        "no built-in judge",
+    ),
+    (
+        "evaluate-clip-missing",
+        [
+            "evaluate",
+            "--erasure",
+            "{erasure}",
+            "--model",
+            "{tiny}",
+            "--judge",
+            "clip:{tmp}/clip",
+            "--out",
+            "{tmp}/r",
+        ],
+        1,
+        "no CLIP model folder",
+    ),
+    (
+        "evaluate-unknown-judge",
+        [
+            "evaluate",
+            "--erasure",
+            "{erasure}",
+            "--model",
+            "{tiny}",
+            "--judge",
+            "oracle",
+            "--out",
+            "{tmp}/r",
+        ],
+        1,
+        "oracle",
+    ),
+    (
+        "evaluate-suite-unknown-concept",
+        [
+            "evaluate",
+            "--erasure",
+            "{toy-erasure}",
+            "--suite",
+            "{bad:suite-dragon}",
+            "--out",
+            "{tmp}/r",
+        ],
+        1,
+        "'dragon' is not in ToyWorld's vocabulary",
+    ),
+    (
+        "evaluate-suite-without-entry",
+        [
+            "evaluate",
+            "--erasure",
+            "{toy-erasure}",
+            "--suite",
+            "{bad:suite-star}",
+            "--out",
+            "{tmp}/r",
+        ],
+        1,
+        "no entry for circle",
+    ),
+    (
+        "evaluate-suite-malformed",
+        ["evaluate", "--erasure", "{toy-erasure}", "--suite", "{bad:yaml}", "--out", "{tmp}/r"],
+        1,
+        "not valid YAML",
+    ),
+    (
+        "evaluate-out-not-empty",
+        ["evaluate", "--erasure", "{erasure}", "--out", "{bad:folder}"],
+        1,
+        "already exists and is not empty",
+    ),
     # ToyWorld folders
     ("info-missing-folder", ["toyworld", "info", "{tmp}/nope"], 1, "does not exist"),
     ("info-not-toyworld", ["toyworld", "info", "{bad:folder}"], 1, "is not a ToyWorld folder"),
@@ -318,7 +433,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_pipes):
+def prepared(tmp_path_factory, tiny_pipes, toyworld_pipe):
     """Models, an erasure and bad files, in a folder of their own (never the test's)."""
     from ace_erasure import AceConfig, erase
     from ace_erasure.testing import tiny_pipeline
@@ -352,6 +467,12 @@ def prepared(tmp_path_factory, tiny_pipes):
     (bad / "shape" / "erasure.json").write_text(json.dumps({**record, "concepts": "circle"}))
     (bad / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"not safetensors")
     tiny_pipes("sd2").save_pretrained(bad / "sd2")
+    toy = toyworld_pipe
+    paths["toy-erasure"] = root / "toy-erasure"
+    erase(toy, ["circle"], config=AceConfig(neighbours=0, gate="none")).save(paths["toy-erasure"])
+    star = "concepts:\n  star:\n    head: shape\n    named: [a picture of a star]\n"
+    (bad / "suite-star").write_text(star)
+    (bad / "suite-dragon").write_text(star + "  dragon:\n    head: shape\n    named: [a dragon]\n")
     paths |= {f"bad:{p.name}": p for p in bad.iterdir()}
     return paths
 
@@ -364,7 +485,7 @@ def _snapshot(folder: Path) -> dict[str, int]:
 def test_bad_input(prepared, tmp_path, monkeypatch, capsys, case, args, code, message):
     monkeypatch.chdir(tmp_path)  # outputs that default to the working folder land here
     values = {k: str(v) for k, v in prepared.items()} | {"tmp": str(tmp_path)}
-    argv = [re.sub(r"\{([a-z0-9:]+)\}", lambda m: values[m[1]], a) for a in args]
+    argv = [re.sub(r"\{([a-z0-9:-]+)\}", lambda m: values[m[1]], a) for a in args]
     watched = [tmp_path, prepared["bad:folder"], prepared["erasure"], prepared["tiny"]]
     before = [_snapshot(folder) for folder in watched]
     monkeypatch.setattr(sys, "argv", ["ace-erasure", *argv])

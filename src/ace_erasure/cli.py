@@ -401,6 +401,156 @@ def _before_after_grid(pipe, result, seed: int, bars: Bars):
 
 
 @app.command()
+def evaluate(
+    erasure: Annotated[
+        list[Path], typer.Option(help="Erasure folder to evaluate (repeatable: side by side).")
+    ],
+    out: Annotated[Path, typer.Option(help="Report folder (results.json, report.html, images/).")],
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    attacks: Annotated[
+        str,
+        typer.Option(help="Comma-separated attacks: random,soft,hard,ti,cond (or 'none')."),
+    ] = ",".join(("random", "soft", "hard", "ti", "cond")),
+    attack_set: Annotated[
+        list[str] | None,
+        typer.Option(help="An attack option, attack.key=value (e.g. soft.k=3); repeatable."),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(help="'world' (the model's own suites, e.g. ToyWorld's) or a YAML file.")
+    ] = "world",
+    judge: Annotated[
+        str, typer.Option(help="'world' (the model's own judge), 'nudenet' or 'clip:DIR'.")
+    ] = "world",
+    quick: Annotated[bool, typer.Option(help="A smaller preset: a first look in ~2 min.")] = False,
+    images: Annotated[
+        int | None, typer.Option(min=1, help="Images per named / synonym set (default 16).")
+    ] = None,
+    images_other: Annotated[
+        int | None, typer.Option(min=1, help="Images per other concept (default 4).")
+    ] = None,
+    pairs: Annotated[
+        int | None, typer.Option(min=1, help="Attacked (prompt, seed) pairs per concept (8).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    steps: Annotated[
+        int | None, typer.Option(help="Sampling steps (default: the model's world).")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance (default: the model's world).")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Evaluate erasures made for another base model (recorded).")
+    ] = False,
+) -> None:
+    """Measure erasures: efficacy, generality, specificity, attacks, quality; HTML report."""
+    import dataclasses
+
+    from ace_erasure.api import apply as apply_erasure
+    from ace_erasure.attacks import attack_config
+    from ace_erasure.erasure import Erasure
+    from ace_erasure.errors import ConfigError
+    from ace_erasure.evaluation.evaluate import QUICK, QUICK_ATTACK_OPTIONS, EvaluateSettings
+    from ace_erasure.evaluation.evaluate import evaluate as run_evaluation
+    from ace_erasure.evaluation.real_judges import load_judge
+    from ace_erasure.evaluation.suites import load_suite_file, suite_from_entry
+    from ace_erasure.io import check_output_folder
+    from ace_erasure.methods.base import parse_overrides
+    from ace_erasure.worlds import load_pipeline, world_for
+
+    check_output_folder(out, overwrite=overwrite)
+    _check_sampling(steps, guidance, 1.0)
+    names = (
+        [] if attacks.strip() == "none" else [a.strip() for a in attacks.split(",") if a.strip()]
+    )
+    options: dict[str, dict] = dict(QUICK_ATTACK_OPTIONS) if quick else {}
+    try:
+        for key, value in parse_overrides(attack_set or []).items():
+            attack, _, option = key.partition(".")
+            if not option:
+                raise ConfigError(f"--attack-set takes attack.key=value, got {key!r}")
+            options[attack] = {**options.get(attack, {}), option: value}
+        for name in {*names, *options}:
+            attack_config(name, options.get(name, {}))  # unknown attacks / options: one line now
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+    if len(set(names)) != len(names):
+        raise UsageError(f"--attacks names an attack twice: {attacks}")
+    loaded = [(folder, Erasure.load(folder)) for folder in erasure]
+    entries = None
+    if suite != "world":
+        entries = load_suite_file(suite)
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    world = world_for(pipe)
+    for _, item in loaded:
+        item.check_compatible(pipe, force=force)
+    concepts = [c for _, item in loaded for c in item.concepts]
+    if entries is not None:
+        for name in entries:
+            world.resolve(name)  # a concept the model cannot draw is a clear error
+        missing = sorted({c.name for c in concepts} - set(entries))
+        if missing:
+            raise ConfigError(f"the suite file has no entry for {', '.join(missing)}")
+    class_names = sorted(
+        {c.name for c in concepts} | {o for e in (entries or {}).values() for o in e["others"]}
+    )
+    scorer = load_judge(judge, world=world, class_names=class_names)
+    settings = EvaluateSettings(
+        seed=seed,
+        steps=steps or world.sampling.steps,
+        guidance=world.sampling.guidance if guidance is None else guidance,
+        attacks=tuple(names),
+        attack_options=options,
+    )
+    if quick:
+        settings = dataclasses.replace(settings, **QUICK)
+    settings = dataclasses.replace(
+        settings,
+        images_named=images or settings.images_named,
+        images_per_other=images_other or settings.images_per_other,
+        attack_pairs=pairs or settings.attack_pairs,
+    )
+
+    def suite_for(concept):
+        if entries is None:
+            return world.suite(concept, settings.images_named, settings.images_per_other, seed)
+        return suite_from_entry(
+            concept.name, entries[concept.name], settings.images_named, settings.images_per_other
+        )
+
+    describe = getattr(scorer, "describe", None)
+    judge_record = describe() if callable(describe) else {"name": judge}
+    judge_record |= {"threshold": scorer.threshold, "classes": scorer.classes}
+    labels = [f"{item.method}: {', '.join(c.name for c in item.concepts)}" for _, item in loaded]
+    if force:
+        console.print("warning: --force: erasures evaluated without the base-model check")
+    start = time.perf_counter()
+    with Bars() as bars:
+        run_evaluation(
+            pipe,
+            [(label, item, str(folder)) for label, (folder, item) in zip(labels, loaded)],
+            judge=scorer,
+            judge_record=judge_record,
+            suite_for=suite_for,
+            settings=settings,
+            out=out,
+            apply=apply_erasure,
+            world_name=world.name,
+            model_name=str(model or "bundled ToyWorld"),
+            progress=bars,
+            force=force,
+            overwrite=overwrite,
+        )
+    seconds = time.perf_counter() - start
+    console.print(
+        f"evaluated {len(loaded)} erasure(s) in {seconds:.0f} s; wrote {out / 'report.html'}",
+        markup=False,
+    )
+
+
+@app.command()
 def methods(
     name: Annotated[str | None, typer.Argument(help="A method: list its options.")] = None,
 ) -> None:

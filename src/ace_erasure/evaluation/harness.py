@@ -90,6 +90,11 @@ class Evaluator:
 
     def outcomes(self, probes: Sequence[Probe]) -> list[dict]:
         """One outcome per probe (repeats of a prompt are distinct images with distinct seeds)."""
+        return self.run(probes)[0]
+
+    def run(self, probes: Sequence[Probe]) -> tuple[list[dict], list]:
+        """The outcome of every probe, and the images (one per distinct (prompt, sample), in
+        first-use order)."""
         probes = number_samples(probes)
         keys = samples(probes)
         images = generate(
@@ -100,4 +105,4 @@ class Evaluator:
             guidance=self.guidance,
             batch_size=self.batch_size,
         )
-        return probe_outcomes(probes, judge_images(self.judge, keys, images))
+        return probe_outcomes(probes, judge_images(self.judge, keys, images)), images

@@ -1,0 +1,114 @@
+"""Attacks on tiny pipelines of every family (the mechanics) and on ToyWorld (that they work,
+and that the text-blind control defeats them)."""
+
+import pytest
+import torch
+
+from ace_erasure.attacks import (
+    ATTACKS,
+    AttackTarget,
+    PlainPrompts,
+    attack_config,
+    generate_attacked,
+)
+from ace_erasure.attacks.base import denoising_loss
+from ace_erasure.attacks.conditioning import Residual
+from ace_erasure.attacks.textual_inversion import replace_name
+from ace_erasure.errors import ConfigError
+from ace_erasure.models.conditioning import encode_conditioning
+
+FAST = {
+    "random": {},
+    "soft": {"steps": 3},
+    "hard": {"steps": 3, "universal": False},
+    "ti": {"steps": 3},
+    "cond": {"steps": 3},
+}
+
+
+def _target(pipe, n=2):
+    latents = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    prompts = [f"a picture of a {c} circle" for c in ("red", "blue", "green")[:n]]
+    return AttackTarget("circle", prompts, list(range(n)), latents, "circle", guidance=3.0)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("name", list(FAST))
+def test_every_attack_runs_on_every_family(tiny_pipes, family, name):
+    pipe = tiny_pipes(family)
+    target = _target(pipe)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    result = ATTACKS[name].run(pipe, target, attack_config(name, FAST[name]), seed=1)
+    assert result.name == name and result.seconds > 0
+    n_adversaries = 1 if result.mode == "universal" else len(target.prompts)
+    assert len(result.adversaries) == n_adversaries
+    steps = FAST[name].get("steps", 0)
+    assert all(len(curve) == steps for curve in result.losses)
+    with torch.no_grad():
+        cond = result.adversary(0).encode(pipe, target.prompts[:1])
+        plain = encode_conditioning(pipe, target.prompts[:1])
+    assert cond.embeds.shape == plain.embeds.shape and (cond.pooled is None) == (
+        plain.pooled is None
+    )
+    images = generate_attacked(
+        pipe, result.adversary(0), target.prompts[:1], [0], steps=2, guidance=2.0
+    )
+    assert len(images) == 1
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())  # untouched
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # frozen only while attacking
+    if name == "hard":
+        text = result.texts(target.prompts)[0]
+        assert text.endswith(target.prompts[0]) and len(text) > len(target.prompts[0])
+
+
+def test_same_seed_same_attack(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+    target = _target(pipe, 1)
+    runs = [
+        ATTACKS["soft"].run(pipe, target, attack_config("soft", {"steps": 3}), seed=5)
+        for _ in range(2)
+    ]
+    assert runs[0].losses == runs[1].losses
+    other = ATTACKS["soft"].run(pipe, target, attack_config("soft", {"steps": 3}), seed=6)
+    assert other.losses != runs[0].losses
+
+
+def test_guided_objective_uses_the_unconditional_branch(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+    target = _target(pipe, 1)
+
+    def loss(guidance):
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(0)
+            return float(
+                denoising_loss(
+                    pipe, PlainPrompts(), target.prompts, target.latents, g, guidance=guidance
+                )
+            )
+
+    assert loss(1.0) != loss(5.0)
+
+
+def test_residual_bound_and_name_replacement():
+    residual = Residual(torch.zeros(4, 3), max_norm=0.5)
+    residual._scale = torch.ones(4, 1)  # prompt norms of 2, bound 0.5 x 2 = 1
+    with torch.no_grad():
+        residual.delta.fill_(3.0)
+    residual.project()
+    assert torch.allclose(residual.delta.norm(dim=-1), torch.ones(4))
+    assert replace_name("a picture of a Red Circle", "red circle") == "a picture of a sks"
+    with pytest.raises(ConfigError, match="does not occur"):
+        replace_name("a picture of a star", "circle")
+
+
+def test_bad_attack_configs():
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        attack_config("nope")
+    with pytest.raises(ConfigError, match="unknown soft attack option"):
+        attack_config("soft", {"kk": 3})
+    with pytest.raises(ConfigError, match="k must be >= 1"):
+        attack_config("soft", {"k": 0})
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        attack_config("cond", {"lr": float("nan")})
+    with pytest.raises(ConfigError, match="as many prompts"):
+        AttackTarget("c", ["a"], [1, 2], torch.zeros(1, 4, 8, 8))
