@@ -10,6 +10,7 @@ command leaves the previous state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -524,10 +525,13 @@ def evaluate(
     judge_record = describe() if callable(describe) else {"name": judge}
     judge_record |= {"threshold": scorer.threshold, "classes": scorer.classes}
     labels = [f"{item.method}: {', '.join(c.name for c in item.concepts)}" for _, item in loaded]
-    if force:
+    from ace_erasure.evaluation import sharding
+
+    shards = sharding.current(cpu=str(pipe.unet.device) == "cpu")
+    if force and shards.is_main:
         console.print("warning: --force: erasures evaluated without the base-model check")
     start = time.perf_counter()
-    with Bars() as bars:
+    with Bars() if shards.is_main else contextlib.nullcontext() as bars:
         run_evaluation(
             pipe,
             [(label, item, str(folder)) for label, (folder, item) in zip(labels, loaded)],
@@ -542,12 +546,15 @@ def evaluate(
             progress=bars,
             force=force,
             overwrite=overwrite,
+            shards=shards,
         )
     seconds = time.perf_counter() - start
-    console.print(
-        f"evaluated {len(loaded)} erasure(s) in {seconds:.0f} s; wrote {out / 'report.html'}",
-        markup=False,
-    )
+    if shards.is_main:
+        console.print(
+            f"evaluated {len(loaded)} erasure(s) in {seconds:.0f} s on {shards.size} "
+            f"process(es); wrote {out / 'report.html'}",
+            markup=False,
+        )
 
 
 @app.command()

@@ -81,6 +81,7 @@ class TextualInversionConfig:
 class TextualInversionAttack:
     name = "ti"
     config_class = TextualInversionConfig
+    universal_only = True  # one token for all pairs, by nature
 
     def run(
         self,

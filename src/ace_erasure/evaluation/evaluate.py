@@ -36,6 +36,7 @@ from ace_erasure._version import __version__
 from ace_erasure.attacks import attack_config
 from ace_erasure.concepts import Concept
 from ace_erasure.erasure import Erasure
+from ace_erasure.evaluation import sharding
 from ace_erasure.evaluation.harness import Evaluator, image_seeds
 from ace_erasure.evaluation.judges import Judge, frechet_distance
 from ace_erasure.evaluation.metrics import concept_metrics
@@ -46,6 +47,7 @@ from ace_erasure.evaluation.robustness import (
     reference_target,
     text_blind,
 )
+from ace_erasure.evaluation.sharding import Shards
 from ace_erasure.evaluation.suites import Suite, samples
 from ace_erasure.io import normal_permissions
 
@@ -123,32 +125,45 @@ class _Run:
         judge: Judge,
         suite_for: Callable[[Concept], Suite],
         settings: EvaluateSettings,
-        folder: Path,
+        folder: Path | None,
         progress: Progress | None,
         apply: Callable[..., Any],
+        shards: Shards,
     ) -> None:
         self.pipe, self.judge, self.suite_for = pipe, judge, suite_for
         self.settings, self.folder, self.progress, self.apply = settings, folder, progress, apply
+        self.shards = shards
         if settings.steps is None or settings.guidance is None:
             raise ValueError("resolve steps and guidance (the world's sampling) before evaluating")
         self.evaluator = Evaluator(
-            pipe, judge, seed=settings.seed, steps=settings.steps, guidance=settings.guidance
+            pipe,
+            judge,
+            seed=settings.seed,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            shards=shards,
         )
         self.base: dict[tuple, Any] = {}
         self.references: dict[str, tuple] = {}
         self.sanity: dict[tuple[str, str, str], dict] = {}
-        (folder / "images").mkdir(parents=True, exist_ok=True)
+        if folder is not None:  # the main process writes; the others only compute
+            (folder / "images").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ helpers
     @property
     def sampling(self) -> dict[str, Any]:
         return {"steps": self.evaluator.steps, "guidance": self.evaluator.guidance}
 
+    @property
+    def sharded(self) -> dict[str, Any]:
+        return self.sampling | {"shards": self.shards}
+
     def save_images(self, images: Sequence, stem: str) -> list[str]:
         paths = []
         for i, image in enumerate(images[: self.settings.images_shown]):
             relative = f"images/{stem}_{i}.png"
-            image.save(self.folder / relative)
+            if self.folder is not None:
+                image.save(self.folder / relative)
             paths.append(relative)
         return paths
 
@@ -183,8 +198,8 @@ class _Run:
     def reference(self, suite: Suite) -> tuple:
         if suite.concept not in self.references:
             pairs = self.pairs_of(suite)
-            target, _ = reference_target(self.pipe, pairs, **self.sampling)
-            rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sampling)
+            target, _ = reference_target(self.pipe, pairs, **self.sharded)
+            rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sharded)
             self.references[suite.concept] = (pairs, target, rate)
         return self.references[suite.concept]
 
@@ -198,7 +213,7 @@ class _Run:
             pairs,
             seed=self.settings.seed,
             progress=self.progress,
-            **self.sampling,
+            **self.sharded,
         )
 
     def sanity_runs(self, name: str, suite: Suite) -> tuple[dict | None, dict | None]:
@@ -231,7 +246,7 @@ class _Run:
             with self.apply(erasure, self.pipe, fuse=True, force=force):
                 erased_outcomes, erased_images = self.generated(suite)
                 no_attack, no_attack_hits, _ = no_attack_rate(
-                    self.pipe, self.judge, pairs, **self.sampling
+                    self.pipe, self.judge, pairs, **self.sharded
                 )
                 attacked = {}
                 for name in self.settings.attacks:
@@ -311,7 +326,7 @@ class _Run:
         if noise_key not in self.base:
             # the unedited model again at other seeds (outside the erasure's apply block)
             other_seeds = Evaluator(
-                self.pipe, self.judge, seed=self.settings.seed + 1, **self.sampling
+                self.pipe, self.judge, seed=self.settings.seed + 1, **self.sharded
             )
             self.base[noise_key] = other_seeds.run(suite.others)
         noise = self.judge.features(list(self.base[noise_key][1]))
@@ -360,16 +375,21 @@ def evaluate(
     progress: Progress | None = None,
     force: bool = False,
     overwrite: bool = False,
+    shards: Shards | None = None,
 ) -> dict:
     """Evaluate ``erasures`` ((label, erasure, path) each) on ``pipe`` and write the report
-    folder ``out`` atomically; returns the results dict."""
+    folder ``out`` atomically; returns the results dict. With ``shards`` from several processes
+    (:mod:`.sharding`) the work is dealt over them and only the main process writes."""
     from ace_erasure.evaluation.report import write_report
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    shards = shards or sharding.SINGLE
+    tmp: Path | None = None
+    if shards.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        run = _Run(pipe, judge, suite_for, settings, tmp, progress, apply)
+        run = _Run(pipe, judge, suite_for, settings, tmp, progress, apply, shards)
         entries = []
         for index, (label, erasure, path) in enumerate(erasures):
             if progress:
@@ -403,14 +423,18 @@ def evaluate(
                 "erasures": entries,
             }
         )
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        write_report(results, tmp)
-        normal_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.replace(out)
+        results["settings"]["processes"] = shards.size
+        if tmp is not None:
+            (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            write_report(results, tmp)
+            normal_permissions(tmp)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            tmp.replace(out)
+        shards.wait()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return results
 

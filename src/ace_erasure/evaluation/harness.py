@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ace_erasure.evaluation.judges import AMBIGUOUS, Judge
+from ace_erasure.evaluation.sharding import SINGLE, Shards
 from ace_erasure.evaluation.suites import Probe, number_samples, samples
 from ace_erasure.models.loading import generate
 
@@ -83,10 +84,19 @@ class Evaluator:
     an erasure first) and judges them."""
 
     def __init__(
-        self, pipe, judge: Judge, *, seed: int, steps: int, guidance: float, batch_size: int = 32
+        self,
+        pipe,
+        judge: Judge,
+        *,
+        seed: int,
+        steps: int,
+        guidance: float,
+        batch_size: int = 32,
+        shards: Shards | None = None,
     ) -> None:
         self.pipe, self.judge = pipe, judge
         self.seed, self.steps, self.guidance, self.batch_size = seed, steps, guidance, batch_size
+        self.shards = shards or SINGLE
 
     def outcomes(self, probes: Sequence[Probe]) -> list[dict]:
         """One outcome per probe (repeats of a prompt are distinct images with distinct seeds)."""
@@ -97,12 +107,17 @@ class Evaluator:
         first-use order)."""
         probes = number_samples(probes)
         keys = samples(probes)
-        images = generate(
-            self.pipe,
-            [prompt for prompt, _ in keys],
-            seeds=image_seeds(keys, self.seed),
-            steps=self.steps,
-            guidance=self.guidance,
-            batch_size=self.batch_size,
-        )
+        jobs = list(zip([prompt for prompt, _ in keys], image_seeds(keys, self.seed)))
+
+        def draw(block: list[tuple[str, int]]) -> list:
+            return generate(
+                self.pipe,
+                [prompt for prompt, _ in block],
+                seeds=[seed for _, seed in block],
+                steps=self.steps,
+                guidance=self.guidance,
+                batch_size=self.batch_size,
+            )
+
+        images = self.shards.map_blocks(jobs, self.batch_size, draw)
         return probe_outcomes(probes, judge_images(self.judge, keys, images)), images

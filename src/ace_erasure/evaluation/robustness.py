@@ -24,11 +24,13 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ace_erasure.attacks import AttackTarget, PlainPrompts, generate_attacked, get_attack
 from ace_erasure.evaluation.judges import Judge
+from ace_erasure.evaluation.sharding import SINGLE, Shards
 from ace_erasure.models.plumbing import base_linear, cross_attention_layers
 
 
@@ -46,22 +48,26 @@ class Pairs:
 
 @torch.no_grad()
 def reference_target(
-    pipe, pairs: Pairs, *, steps: int, guidance: float
+    pipe, pairs: Pairs, *, steps: int, guidance: float, shards: Shards | None = None
 ) -> tuple[AttackTarget, list]:
     """The unedited model's latents and images of the pairs (call it on the unedited model)."""
-    latents, images = [], []
-    for prompt, seed in zip(pairs.prompts, pairs.seeds):
-        out = pipe(
+
+    def draw(block: list[tuple[str, int]]) -> list[tuple[torch.Tensor, Any]]:
+        ((prompt, seed),) = block
+        latent = pipe(
             prompt,
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=torch.Generator(device="cpu").manual_seed(int(seed)),
             output_type="latent",
-        )
-        latent = out.images
-        latents.append(latent[0].float().cpu())
+        ).images
         decoded = pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample
-        images.extend(pipe.image_processor.postprocess(decoded, output_type="pil"))
+        image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+        return [(latent[0].float().cpu(), image)]
+
+    drawn = (shards or SINGLE).map_blocks(list(zip(pairs.prompts, pairs.seeds)), 1, draw)
+    latents = [latent for latent, _ in drawn]
+    images = [image for _, image in drawn]
     target = AttackTarget(
         pairs.concept,
         list(pairs.prompts),
@@ -79,12 +85,17 @@ def found(judge: Judge, images: Sequence, head: str, expected: str) -> list[bool
 
 
 def no_attack_rate(
-    pipe, judge: Judge, pairs: Pairs, *, steps: int, guidance: float
+    pipe, judge: Judge, pairs: Pairs, *, steps: int, guidance: float, shards: Shards | None = None
 ) -> tuple[float, list[bool], list]:
     """The share of the pairs in which the judge finds the concept, without an attack."""
-    images = generate_attacked(
-        pipe, PlainPrompts(), pairs.prompts, pairs.seeds, steps=steps, guidance=guidance
-    )
+
+    def draw(block: list[tuple[str, int]]) -> list:
+        ((prompt, seed),) = block
+        return generate_attacked(
+            pipe, PlainPrompts(), [prompt], [seed], steps=steps, guidance=guidance
+        )
+
+    images = (shards or SINGLE).map_blocks(list(zip(pairs.prompts, pairs.seeds)), 1, draw)
     hits = found(judge, images, pairs.head, pairs.expected)
     return sum(hits) / len(hits), hits, images
 
@@ -101,25 +112,44 @@ def attack_rate(
     guidance: float,
     seed: int,
     progress=None,
+    shards: Shards | None = None,
 ) -> dict:
     """Run attack ``name`` on ``pipe`` as it is, generate each pair's attacked image from its
-    seed, and judge it. Returns the rate, per-pair hits, images, losses, texts, seconds."""
+    seed, and judge it. Returns the rate, per-pair hits, images, losses, texts, seconds.
+
+    A per-seed attack runs pair ``i`` with seed ``seed + i`` (as :class:`AttackResult` does in
+    one process), pairs dealt over the processes; a universal one runs whole in every process
+    (same seed, same result) and only its generations are dealt."""
     start = time.perf_counter()
-    result = get_attack(name).run(pipe, target, config, seed=seed, progress=progress)
-    images = []
-    for i, (prompt, pair_seed) in enumerate(zip(pairs.prompts, pairs.seeds)):
-        images += generate_attacked(
-            pipe, result.adversary(i), [prompt], [pair_seed], steps=steps, guidance=guidance
-        )
+    attack = get_attack(name)
+    shards = shards or SINGLE
+    universal = getattr(attack, "universal_only", False) or getattr(config, "universal", False)
+    whole = attack.run(pipe, target, config, seed=seed, progress=progress) if universal else None
+
+    def one(block: list[int]) -> list[tuple]:
+        (i,) = block
+        result = whole or attack.run(pipe, target.pair(i), config, seed=seed + i)
+        adversary = result.adversary(i if whole is not None else 0)
+        image = generate_attacked(
+            pipe, adversary, [pairs.prompts[i]], [pairs.seeds[i]], steps=steps, guidance=guidance
+        )[0]
+        text = adversary.text(pairs.prompts[i])
+        losses = result.losses[0] if whole is None else []
+        return [(image, losses, text, result.seconds)]
+
+    runs = shards.map_blocks(list(range(len(pairs.prompts))), 1, one)
+    images = [image for image, _, _, _ in runs]
     hits = found(judge, images, pairs.head, pairs.expected)
+    losses = whole.losses if whole is not None else [run[1] for run in runs]
+    texts = [run[2] for run in runs if run[2] is not None]
     return {
         "rate": sum(hits) / len(hits),
         "hits": hits,
         "images": images,
-        "losses": result.losses,
-        "texts": [t for t in result.texts(pairs.prompts) if t is not None],
-        "mode": result.mode,
-        "attack_seconds": result.seconds,
+        "losses": losses,
+        "texts": list(dict.fromkeys(texts)) if whole is not None else texts,
+        "mode": "universal" if whole is not None else "per-seed",
+        "attack_seconds": whole.seconds if whole is not None else sum(run[3] for run in runs),
         "seconds": time.perf_counter() - start,
     }
 
