@@ -180,3 +180,39 @@ def test_target_residual_is_the_missed_fraction_of_the_shift():
     assert fitter.target_residual(fitter.solve(0.0, 1e-9).edit) == pytest.approx(
         float(missed), rel=1e-6
     )
+
+
+def test_fusion_matches_a_least_squares_oracle():
+    from ace_erasure.linalg import fuse_deltas
+
+    torch.manual_seed(0)
+    d, out = 6, 4
+    xs = [torch.randn(d, 5, dtype=torch.float64) for _ in range(2)]
+    p = torch.randn(d, 7, dtype=torch.float64)
+    deltas = [torch.randn(out, d, dtype=torch.float64) for _ in range(2)]
+    lam_p, ridge = 0.5, 0.01
+    fused = fuse_deltas(deltas, [x @ x.T for x in xs], p @ p.T, lam_p, ridge)
+    # oracle: stack the least-squares rows  Δ [X_1 X_2 √λp P √λ I] ≈ [Δ_1 X_1, Δ_2 X_2, 0, 0]
+    system = sum(x @ x.T for x in xs) + lam_p * p @ p.T
+    lam = ridge * float(torch.trace(system)) / d
+    inputs = torch.cat(
+        [xs[0], xs[1], lam_p**0.5 * p, lam**0.5 * torch.eye(d, dtype=torch.float64)], 1
+    )
+    wanted = torch.cat(
+        [deltas[0] @ xs[0], deltas[1] @ xs[1], torch.zeros(out, 7 + d, dtype=torch.float64)], 1
+    )
+    oracle = torch.linalg.lstsq(inputs.T, wanted.T).solution.T
+    assert torch.allclose(fused, oracle, atol=1e-9)
+
+
+def test_fusion_of_edits_on_separate_inputs_reproduces_each():
+    from ace_erasure.linalg import fuse_deltas
+
+    d = 6
+    e = torch.eye(d, dtype=torch.float64)
+    x1, x2 = e[:, :2], e[:, 2:4]  # two erasures on orthogonal inputs
+    d1, d2 = torch.randn(3, d, dtype=torch.float64), torch.randn(3, d, dtype=torch.float64)
+    fused = fuse_deltas([d1, d2], [x1 @ x1.T, x2 @ x2.T], e[:, 4:] @ e[:, 4:].T, 1.0, 1e-9)
+    assert torch.allclose(fused @ x1, d1 @ x1, atol=1e-6)
+    assert torch.allclose(fused @ x2, d2 @ x2, atol=1e-6)
+    assert torch.allclose(fused @ e[:, 4:], torch.zeros(3, 2, dtype=torch.float64), atol=1e-6)

@@ -1,7 +1,7 @@
 """ace-erasure: erase concepts from text-to-image diffusion models (ACE and baselines)."""
 
 from ace_erasure._version import __version__
-from ace_erasure.api import apply, erase, generate, load_pipeline
+from ace_erasure.api import apply, combine, erase, generate, load_pipeline
 from ace_erasure.concepts import Concept, load_concepts
 from ace_erasure.erasure import Erasure
 from ace_erasure.methods import AceConfig, register
@@ -12,6 +12,7 @@ __all__ = [
     "Erasure",
     "__version__",
     "apply",
+    "combine",
     "erase",
     "generate",
     "load_concepts",

@@ -19,7 +19,7 @@ from ace_erasure.models import loading
 from ace_erasure.prompts import PromptWorld
 from ace_erasure.worlds import load_pipeline, world_for
 
-__all__ = ["apply", "erase", "generate", "load_pipeline", "resolve_concepts"]
+__all__ = ["apply", "combine", "erase", "generate", "load_pipeline", "resolve_concepts"]
 
 
 def resolve_concepts(items: Iterable[Concept | str], world: PromptWorld) -> list[Concept]:
@@ -91,6 +91,14 @@ def generate(
         guidance=sampling.guidance if guidance is None else guidance,
         **kwargs,
     )
+
+
+def combine(pipe, erasures: Sequence[Erasure], *, world: PromptWorld | None = None, **options):
+    """Fuse separately made erasures of ``pipe``'s base model into one, in closed form
+    (:func:`ace_erasure.methods.fusion.combine`; ``options``: preserve_weight, ridge, rank)."""
+    from ace_erasure.methods.fusion import combine as fuse_erasures
+
+    return fuse_erasures(pipe, erasures, world=world or world_for(pipe), **options)
 
 
 def load_erasure(path: str | Path) -> Erasure:

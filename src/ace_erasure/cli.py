@@ -558,6 +558,42 @@ def evaluate(
 
 
 @app.command()
+def combine(
+    erasure: Annotated[
+        list[Path], typer.Option(help="Erasure folder to fuse (repeatable, at least two).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output erasure folder (one LoRA for all).")],
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    preserve_weight: Annotated[
+        float, typer.Option(help="Weight of the preserve prompts in the fusion.")
+    ] = 1.0,
+    rank: Annotated[
+        int | None, typer.Option(min=1, help="LoRA rank of the result (default: automatic).")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Fuse separately made erasures into one LoRA (closed form, MACE-style)."""
+    from ace_erasure.api import combine as fuse_erasures
+    from ace_erasure.erasure import Erasure
+    from ace_erasure.io import check_output_folder
+    from ace_erasure.worlds import load_pipeline
+
+    check_output_folder(out, overwrite=overwrite)
+    if len(erasure) < 2:
+        raise UsageError("give at least two --erasure folders to fuse")
+    if not math.isfinite(preserve_weight) or preserve_weight < 0:
+        raise UsageError(f"--preserve-weight must be a finite number >= 0, got {preserve_weight}")
+    loaded = [Erasure.load(folder) for folder in erasure]
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    result = fuse_erasures(pipe, loaded, preserve_weight=preserve_weight, rank=rank)
+    result.save(out, overwrite=overwrite)
+    names = ", ".join(c.name for c in result.concepts)
+    console.print(f"fused {names} (rank {result.rank}); wrote {out}", markup=False)
+
+
+@app.command()
 def methods(
     name: Annotated[str | None, typer.Argument(help="A method: list its options.")] = None,
 ) -> None:

@@ -265,3 +265,35 @@ def truncate_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
 def rank_for_energy(delta: torch.Tensor, energy: float) -> int:
     """Smallest rank whose singular values keep ``energy`` of ‖delta‖²_F (at least 1)."""
     return top_singular(delta, min(delta.shape), oversample=0).rank_for_energy(energy)
+
+
+def fuse_deltas(
+    deltas: list[torch.Tensor],
+    grams: list[torch.Tensor],
+    preserve_gram: torch.Tensor,
+    preserve_weight: float,
+    ridge: float,
+) -> torch.Tensor:
+    """The one edit that best reproduces several edits, each on its own inputs (MACE's fusion).
+
+    Solves ``min_Δ Σ_i ‖(Δ − Δ_i) X_i‖² + λ_p ‖Δ P‖² + λ ‖Δ‖²`` over one projection, where
+    ``grams[i] = X_i X_iᵀ`` (d x d) are the Gram matrices of edit ``i``'s inputs (its concepts'
+    token embeddings) and ``preserve_gram`` that of inputs whose outputs must not change:
+    ``Δ = (Σ_i Δ_i G_i) (Σ_i G_i + λ_p G_p + λ I)⁻¹`` (Cholesky, float64; ``ridge`` relative, as
+    in :func:`solve_ridge_edit`). ``deltas[i]`` is (out, d).
+    """
+    if not deltas or len(deltas) != len(grams):
+        raise ConfigError(f"fusion needs one Gram matrix per edit ({len(deltas)} vs {len(grams)})")
+    dim = grams[0].shape[0]
+    system = sum(g.double() for g in grams) + preserve_weight * preserve_gram.double()
+    assert isinstance(system, torch.Tensor)
+    lam = ridge * float(torch.trace(system)) / dim
+    system = system + lam * torch.eye(dim, dtype=torch.float64)
+    system = (system + system.T) / 2
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:
+        raise ConfigError("the fusion's linear system is singular; use ridge > 0")
+    cross = sum(d.double() @ g.double() for d, g in zip(deltas, grams))
+    assert isinstance(cross, torch.Tensor)
+    # Δ C = S  <=>  C Δᵀ = Sᵀ
+    return torch.cholesky_solve(cross.T.contiguous(), factor).T.contiguous()

@@ -56,6 +56,18 @@ class Residual:
     def text(self, prompt: str) -> str | None:
         return None
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The residual (for checkpoints and warm starts)."""
+        state = {"delta": self.delta.detach().clone()}
+        if self._scale is not None:
+            state["scale"] = self._scale.detach().clone()
+        return state
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.delta.copy_(state["delta"])
+        self._scale = state["scale"].clone() if "scale" in state else None
+
 
 @dataclass
 class ConditioningConfig:

@@ -115,6 +115,31 @@ class Ace:
             for proj in ("to_k", "to_v"):
                 up, down = tops[f"{name}.{proj}"].factors(rank)
                 edits[f"unet.{name}.{proj}"] = ModuleEdit(down, up, gates[name].float())
+        stage2 = None
+        if config.finetune:
+            from ace_erasure.methods.ace.finetune import PreservePrompts, finetune
+
+            keep = PreservePrompts(
+                related={
+                    name: [related[i].text for i in ids]
+                    for name, ids in preserve.related_ids.items()
+                },
+                # how much the closed-form edit moves each related concept
+                weights={n: float(d) for n, d in zip(preserve.names, solved.first_change)},
+                general=general,
+            )
+            edits, stage2 = finetune(
+                pipe,
+                concepts,
+                edits,
+                keep,
+                config,
+                seed,
+                steps=world.sampling.steps,
+                guidance=world.sampling.guidance,
+                progress=progress,
+            )
+            timings["finetune"] = stage2.seconds
         timings["total"] = time.perf_counter() - start
         stats = {
             "target_vectors": n_targets,
@@ -148,6 +173,8 @@ class Ace:
                 {"rank": rank, "gates": {k: v.tolist() for k, v in gates.items()}},
             ),
         ]
+        if stage2 is not None:
+            stages.append(stage2)
         return Erasure.create(
             pipe,
             edits,

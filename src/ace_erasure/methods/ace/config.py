@@ -78,6 +78,39 @@ class AceConfig:
         token_gate_threshold: where the mask switches on, as a fraction of the way from the
             mean subspace share of preserved tokens (0) to that of concept tokens (1).
         token_gate_sharpness: mask steepness across that gap (larger = harder mask).
+
+        Stage 2 (adversarially augmented LoRA fine-tuning, ``methods/ace/finetune.py``):
+
+        finetune: run stage 2 after the closed form (``--stage 1``: the closed form alone).
+        finetune_steps: outer optimisation steps.
+        finetune_lr: Adam learning rate of the LoRA factors and gates.
+        finetune_batch: images per step in each of the erase, adversarial and preserve terms.
+        finetune_images: images of each concept drawn by the unedited model (over its templates).
+        finetune_preserve_images: images of the preserve prompts drawn by the unedited model.
+        finetune_preserve_weight: λ_p of the preserve term.
+        finetune_gate_weight: λ_g pulling the gates towards their closed-form values.
+        finetune_gates: train the gates too (else only the factors).
+        finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise).
+        finetune_rank: LoRA rank in stage 2 (None: stage 1's rank).
+        finetune_cache: cache the unedited model's images on disk (per base-model fingerprint;
+            ``$ACE_ERASURE_CACHE`` or ``~/.cache/ace-erasure``).
+        adversarial_every: run the inner soft-prompt attack every this many steps (0: none).
+        adversarial_steps: Adam steps of each inner attack (warm-started from the last round).
+        adversarial_space: where the inner attack works: "input" (soft tokens before the
+            prompt, the soft-prompt attack's space) or "conditioning" (a residual on the text
+            encoder's output, bounded by ``adversarial_norm``).
+        adversarial_norm: per-token bound of a conditioning-space residual, relative to the
+            embedding's norm.
+        adversarial_tokens: soft input tokens of the inner attack's prefixes.
+        adversarial_lr: learning rate of the inner attack.
+        adversarial_pool: adversarial prefixes kept and refreshed (each on a random image).
+        adversarial_weight: weight of the adversarial term against the erase term.
+        adversarial_preserve: half of each step's preserve images are seen through an
+            adversarial prefix too, with the teacher's prediction for the same conditioning as
+            the target (the prefixes alone must not erase other concepts).
+        checkpoint_dir: folder for stage 2's checkpoints (None: no checkpoints); a killed run
+            resumes from it to the same bytes.
+        checkpoint_every: steps between checkpoints.
     """
 
     ridge: float = field(default=0.01, metadata={"help": "relative ridge (>= 0)"})
@@ -130,6 +163,35 @@ class AceConfig:
     token_gate_rank: int = field(
         default=4, metadata={"help": "concept subspace dimension (token gate)"}
     )
+    finetune: bool = field(default=False, metadata={"help": "run stage 2 (fine-tuning)"})
+    finetune_steps: int = field(default=150, metadata={"help": "stage-2 steps"})
+    finetune_lr: float = field(default=1e-3, metadata={"help": "stage-2 learning rate"})
+    finetune_batch: int = field(default=4, metadata={"help": "images per term and step"})
+    finetune_images: int = field(default=8, metadata={"help": "unedited images per concept"})
+    finetune_preserve_images: int = field(default=16, metadata={"help": "preserve images"})
+    finetune_preserve_weight: float = field(default=1.0, metadata={"help": "λ_p (stage 2)"})
+    finetune_gate_weight: float = field(default=0.1, metadata={"help": "λ_g (stage 2)"})
+    finetune_gates: bool = field(default=True, metadata={"help": "train the gates"})
+    finetune_push: float = field(default=0.0, metadata={"help": "ESD negative guidance η"})
+    finetune_rank: int | None = field(default=None, metadata={"help": "stage-2 LoRA rank"})
+    finetune_cache: bool = field(default=True, metadata={"help": "cache unedited images"})
+    adversarial_every: int = field(default=10, metadata={"help": "inner attack period (0: off)"})
+    adversarial_steps: int = field(default=10, metadata={"help": "inner attack steps"})
+    adversarial_space: Literal["input", "conditioning"] = field(
+        default="input", metadata={"help": "inner attack space"}
+    )
+    adversarial_norm: float = field(
+        default=0.3, metadata={"help": "relative bound of a conditioning-space residual"}
+    )
+    adversarial_tokens: int = field(default=5, metadata={"help": "inner attack soft tokens"})
+    adversarial_lr: float = field(default=0.01, metadata={"help": "inner attack learning rate"})
+    adversarial_pool: int = field(default=4, metadata={"help": "adversarial prefixes kept"})
+    adversarial_weight: float = field(default=1.0, metadata={"help": "adversarial term weight"})
+    adversarial_preserve: bool = field(
+        default=False, metadata={"help": "preserve images through adversarial prefixes too"}
+    )
+    checkpoint_dir: str | None = field(default=None, metadata={"help": "stage-2 checkpoints"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -161,5 +223,29 @@ class AceConfig:
                 (self.anchor_push is None or self.anchor_push >= 0, "anchor_push must be >= 0"),
                 (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
                 (self.token_gate_sharpness > 0, "token_gate_sharpness must be > 0"),
+                (self.finetune_steps >= 0, "finetune_steps must be >= 0"),
+                (self.finetune_lr > 0, "finetune_lr must be > 0"),
+                (self.finetune_batch >= 1, "finetune_batch must be >= 1"),
+                (self.finetune_images >= 1, "finetune_images must be >= 1"),
+                (self.finetune_preserve_images >= 0, "finetune_preserve_images must be >= 0"),
+                (self.finetune_preserve_weight >= 0, "finetune_preserve_weight must be >= 0"),
+                (self.finetune_gate_weight >= 0, "finetune_gate_weight must be >= 0"),
+                (self.finetune_push >= 0, "finetune_push must be >= 0"),
+                (
+                    self.finetune_rank is None or self.finetune_rank >= 1,
+                    "finetune_rank must be >= 1",
+                ),
+                (self.adversarial_every >= 0, "adversarial_every must be >= 0"),
+                (self.adversarial_steps >= 0, "adversarial_steps must be >= 0"),
+                (self.adversarial_tokens >= 1, "adversarial_tokens must be >= 1"),
+                (self.adversarial_lr > 0, "adversarial_lr must be > 0"),
+                (self.adversarial_norm > 0, "adversarial_norm must be > 0"),
+                (self.adversarial_pool >= 1, "adversarial_pool must be >= 1"),
+                (self.adversarial_weight >= 0, "adversarial_weight must be >= 0"),
+                (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+                (
+                    not (self.finetune and self.mode == "token_gate"),
+                    "stage 2 (finetune) trains the LoRA: use mode='lora' with it",
+                ),
             ],
         )

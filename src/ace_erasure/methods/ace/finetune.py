@@ -1,0 +1,407 @@
+"""ACE stage 2: adversarially augmented LoRA fine-tuning (DESIGN.md §2, stage 2).
+
+The stage-1 factors and gates become a trainable gated LoRA on the same modules
+(:mod:`ace_erasure.training.lora`); the frozen teacher is the same pipeline with the adapter
+disabled. The data are images the **unedited** model draws for the concepts' prompts and for
+the preserve prompts (cached on disk per base-model fingerprint), noised at random timesteps.
+The loss, per step:
+
+- erase: ``‖ε_θ'(x_t, t, c) − sg[ε_θ(x_t, t, a) − η (ε_θ(x_t, t, c) − ε_θ(x_t, t, a))]‖²`` on
+  concept images, with ``c`` the concept prompt (or a synonym given) and ``a`` its anchor
+  prompt, ``η`` ESD's negative guidance (``finetune_push``);
+- adversarial: the same, with ``c`` an adversarial conditioning: soft input tokens before the
+  concept prompt, found by an inner soft-prompt attack (:mod:`ace_erasure.attacks`) against the
+  current student every ``adversarial_every`` steps, each warm-started from its last value;
+- preserve: ``λ_p ‖ε_θ'(x_t, t, p) − ε_θ(x_t, t, p)‖²`` on the preserve prompts' images;
+- gates: ``λ_g ‖g − g*‖²`` towards the closed-form gates.
+
+Resumable: with ``checkpoint_dir`` a killed run continues from its last checkpoint to the
+same bytes (the loop's generator, the optimiser and the adversaries are checkpointed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ace_erasure.attacks.base import AttackTarget, optimise
+from ace_erasure.attacks.conditioning import Residual
+from ace_erasure.attacks.soft_prompt import SoftPrefix
+from ace_erasure.concepts import Concept, PromptPair
+from ace_erasure.erasure import ModuleEdit, StageRecord
+from ace_erasure.methods.ace.config import AceConfig
+from ace_erasure.methods.ace.targets import concept_prompt_pairs
+from ace_erasure.models.conditioning import Conditioning, encode_conditioning, predict_noise
+from ace_erasure.models.embeddings import SoftTokens
+from ace_erasure.models.plumbing import fingerprint
+from ace_erasure.training import lora
+from ace_erasure.training.checkpoint import atomic_save
+from ace_erasure.training.diffusion import add_noise
+from ace_erasure.training.loop import Trainer
+
+
+@dataclass
+class Examples:
+    """Images drawn by the unedited model: latents (n, c, h, w) and, per image, the prompt to
+    train on and its target prompt (the anchor for concept images, itself for preserve)."""
+
+    latents: torch.Tensor
+    prompts: list[str]
+    targets: list[str]
+    concept_index: list[int]  # which concept an image shows (-1: a preserve image)
+
+
+def cache_folder() -> Path:
+    """Where unedited-model images are cached: ``$ACE_ERASURE_CACHE`` or the user's cache."""
+    root = os.environ.get("ACE_ERASURE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ace-erasure"
+    )
+    return Path(root) / "latents"
+
+
+@torch.no_grad()
+def draw_latents(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    guidance: float,
+    cache: bool = True,
+) -> torch.Tensor:
+    """(n, c, h, w) final latents of ``prompts`` drawn by ``pipe`` (as it is) from ``seeds``,
+    cached on disk per base-model fingerprint, prompt, seed and sampling settings."""
+    base = json.dumps(fingerprint(pipe), sort_keys=True)
+    folder = cache_folder()
+    out: list[torch.Tensor | None] = []
+    paths = []
+    for prompt, seed in zip(prompts, seeds):
+        key = hashlib.sha256(f"{base}|{prompt}|{seed}|{steps}|{guidance}".encode()).hexdigest()
+        path = folder / key[:2] / f"{key}.safetensors"
+        paths.append(path)
+        latent = None
+        if cache and path.is_file():
+            try:
+                from safetensors.torch import load_file
+
+                latent = load_file(str(path))["latent"]
+            except Exception:  # a corrupt cache entry is drawn again
+                latent = None
+        out.append(latent)
+    # one image per call: a batch's numerics depend on its other members, and a cached image
+    # must be the same bytes whichever images were drawn with it
+    for i in [i for i, latent in enumerate(out) if latent is None]:
+        drawn = pipe(
+            prompts[i],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator(device="cpu").manual_seed(int(seeds[i])),
+            output_type="latent",
+        ).images
+        value = drawn[0].float().cpu()
+        out[i] = value
+        if cache:
+            paths[i].parent.mkdir(parents=True, exist_ok=True)
+            atomic_save({"latent": value}, paths[i])
+    return torch.stack([latent for latent in out if latent is not None])
+
+
+@dataclass
+class PreservePrompts:
+    """What stage 2 keeps: prompts of each related concept with a weight (how much the
+    closed-form edit moves that concept), and general captions."""
+
+    related: dict[str, list[str]]
+    weights: dict[str, float]
+    general: list[str]
+
+    def choose(self, n: int) -> list[str]:
+        """``n`` prompts: half for the related concepts, shared in proportion to their weights
+        (each at least one while there are enough), half round-robin over the general ones."""
+        names = [name for name in self.related if self.related[name]]
+        n_related = n if not self.general else (n + 1) // 2 if names else 0
+        chosen: list[str] = []
+        if names and n_related:
+            total = sum(max(self.weights.get(k, 0.0), 0.0) for k in names) or 1.0
+            counts = {k: 1 for k in names[:n_related]}
+            spare = n_related - len(counts)
+            shares = {k: max(self.weights.get(k, 0.0), 0.0) / total * spare for k in names}
+            for k in names:
+                counts[k] = counts.get(k, 0) + int(shares[k])
+            leftover = n_related - sum(counts.values())
+            for k in sorted(names, key=lambda k: shares[k] - int(shares[k]), reverse=True):
+                if leftover <= 0:
+                    break
+                counts[k] += 1
+                leftover -= 1
+            for k in names:
+                prompts = self.related[k]
+                chosen += [prompts[(j * 5) % len(prompts)] for j in range(counts.get(k, 0))]
+        if self.general:
+            chosen += [self.general[(j * 7) % len(self.general)] for j in range(n - len(chosen))]
+        return chosen
+
+
+def training_examples(
+    pipe,
+    concepts: Sequence[Concept],
+    preserve: PreservePrompts,
+    config: AceConfig,
+    seed: int,
+    *,
+    steps: int,
+    guidance: float,
+) -> Examples:
+    """``finetune_images`` images per concept (its templates x names, in turn) and
+    ``finetune_preserve_images`` preserve images (:meth:`PreservePrompts.choose`)."""
+    prompts, targets, which = [], [], []
+    for index, concept in enumerate(concepts):
+        pairs: list[PromptPair] = concept_prompt_pairs(concept, config)
+        for k in range(config.finetune_images):
+            pair = pairs[(k * 7) % len(pairs)]  # spread over templates and names
+            prompts.append(pair.text)
+            targets.append(pair.anchor_text)
+            which.append(index)
+    chosen = preserve.choose(config.finetune_preserve_images)
+    prompts += chosen
+    targets += chosen
+    which += [-1] * len(chosen)
+    seeds = [seed * 1_000_003 + 17 * i for i in range(len(prompts))]
+    latents = draw_latents(
+        pipe, prompts, seeds, steps=steps, guidance=guidance, cache=config.finetune_cache
+    )
+    return Examples(latents, prompts, targets, which)
+
+
+class _Conditionings:
+    """Prompt conditionings, encoded once (the text encoders are frozen)."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.cache: dict[str, Conditioning] = {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> Conditioning:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            cond = encode_conditioning(self.pipe, missing)
+            for i, p in enumerate(missing):
+                pooled = None if cond.pooled is None else cond.pooled[i : i + 1]
+                self.cache[p] = Conditioning(cond.embeds[i : i + 1], pooled)
+        return Conditioning.cat([self.cache[p] for p in prompts])
+
+
+@torch.enable_grad()
+def finetune(
+    pipe,
+    concepts: Sequence[Concept],
+    edits: Mapping[str, ModuleEdit],
+    preserve: PreservePrompts,
+    config: AceConfig,
+    seed: int,
+    *,
+    steps: int,
+    guidance: float,
+    progress=None,
+) -> tuple[dict[str, ModuleEdit], StageRecord]:
+    """Stage 2 from the stage-1 ``edits``; returns the trained edits and the stage record.
+    ``steps`` / ``guidance`` are the sampling settings of the unedited images (the world's)."""
+    start = time.perf_counter()
+    examples = training_examples(
+        pipe, concepts, preserve, config, seed, steps=steps, guidance=guidance
+    )
+    concept_rows = [i for i, c in enumerate(examples.concept_index) if c >= 0]
+    preserve_rows = [i for i, c in enumerate(examples.concept_index) if c < 0]
+    rank = config.finetune_rank or max(e.rank for e in edits.values())
+    adapter = lora.attach(pipe, list(edits), rank, init=edits, seed=seed)
+    closed_gates = {f"{k}.gate": e.gate.float().clone() for k, e in edits.items()}
+    conditionings = _Conditionings(pipe)
+    generator = torch.Generator().manual_seed(seed + 1)
+
+    def new_adversary():
+        if config.adversarial_space == "conditioning":
+            shape = conditionings([examples.prompts[concept_rows[0]]]).embeds.shape[1:]
+            return Residual(torch.zeros(shape), config.adversarial_norm)
+        return SoftPrefix(SoftTokens.random_vocabulary(pipe, config.adversarial_tokens, generator))
+
+    pool = [
+        new_adversary() for _ in range(config.adversarial_pool if config.adversarial_every else 0)
+    ]
+    rounds = {"count": 0}
+
+    def attack_round(step: int, step_generator: torch.Generator) -> None:
+        """The inner attack: every prefix of the pool, warm-started, against the student on
+        one random concept image each."""
+        for index, adversary in enumerate(pool):
+            row = concept_rows[
+                int(torch.randint(len(concept_rows), (1,), generator=step_generator))
+            ]
+            target = AttackTarget(
+                "concept",
+                [examples.prompts[row]],
+                [0],
+                examples.latents[row : row + 1],
+                guidance=guidance,
+            )
+            optimise(
+                pipe,
+                adversary,
+                target,
+                steps=config.adversarial_steps,
+                lr=config.adversarial_lr,
+                seed=seed * 7919 + step * 31 + index,
+                guidance=guidance,
+                after_step=getattr(adversary, "project", None),
+            )
+        rounds["count"] += 1
+
+    def loss_step(step: int, step_generator: torch.Generator) -> dict:
+        if pool and step % config.adversarial_every == 0:
+            attack_round(step, step_generator)
+        pick = lambda rows, n: [  # noqa: E731
+            rows[int(i)] for i in torch.randint(len(rows), (n,), generator=step_generator)
+        ]
+        erase_rows = pick(concept_rows, config.finetune_batch)
+        adv_rows = pick(concept_rows, config.finetune_batch) if pool else []
+        keep_rows = pick(preserve_rows, config.finetune_batch) if preserve_rows else []
+        # preserve images seen through an adversarial prefix keep their own target (the prefix
+        # alone must not erase other concepts): the last ``n_shield`` preserve rows
+        n_shield = len(keep_rows) // 2 if pool and config.adversarial_preserve else 0
+        rows = erase_rows + adv_rows + keep_rows
+        latents = examples.latents[rows].to(pipe.unet.device, pipe.unet.dtype)
+        noisy, _, timesteps = add_noise(pipe.scheduler, latents, step_generator)
+        timesteps = timesteps.to(latents.device)
+        n_plain_keep = len(keep_rows) - n_shield
+        plain = conditionings([examples.prompts[r] for r in erase_rows + keep_rows[:n_plain_keep]])
+        if pool:
+            with torch.no_grad():
+                shielded = keep_rows[n_plain_keep:]
+                chosen = [
+                    pool[int(i)]
+                    for i in torch.randint(
+                        len(pool), (len(adv_rows) + len(shielded),), generator=step_generator
+                    )
+                ]
+                adversarial = Conditioning.cat(
+                    [
+                        a.encode(pipe, [examples.prompts[r]])
+                        for a, r in zip(chosen, adv_rows + shielded)
+                    ]
+                )
+            n_erase, n_adv = len(erase_rows), len(adv_rows)
+            parts = [_rows(plain, 0, n_erase), _rows(adversarial, 0, n_adv)]
+            parts.append(_rows(plain, n_erase, len(plain)))
+            if shielded:
+                parts.append(_rows(adversarial, n_adv, len(adversarial)))
+            student_cond = Conditioning.cat(parts)
+        else:
+            student_cond = plain
+        target_prompts = [examples.targets[r] for r in erase_rows + adv_rows + keep_rows]
+        targets_cond = conditionings(target_prompts)
+        if n_shield:  # the teacher sees the shielded preserve images through the prefix too
+            n_before = len(erase_rows) + len(adv_rows) + n_plain_keep
+            targets_cond = Conditioning.cat(
+                [_rows(targets_cond, 0, n_before), _rows(student_cond, n_before, len(rows))]
+            )
+        with torch.no_grad(), adapter.disabled():
+            target = predict_noise(pipe, noisy, timesteps, targets_cond).float()
+            if config.finetune_push and erase_rows:
+                n = len(erase_rows) + len(adv_rows)
+                concept_teacher = predict_noise(
+                    pipe, noisy[:n], timesteps[:n], _rows(student_cond, 0, n)
+                ).float()
+                target[:n] = target[:n] - config.finetune_push * (concept_teacher - target[:n])
+        prediction = predict_noise(pipe, noisy, timesteps, student_cond).float()
+        errors = (prediction - target).square().flatten(1).mean(1)
+        n_erase, n_adv = len(erase_rows), len(adv_rows)
+        erase_loss = errors[:n_erase].mean()
+        adv_loss = errors[n_erase : n_erase + n_adv].mean() if n_adv else errors.new_zeros(())
+        keep_loss = errors[n_erase + n_adv :].mean() if keep_rows else errors.new_zeros(())
+        gate_loss = sum(
+            (gate - closed_gates[name]).square().sum()
+            for name, gate in adapter.gate_parameters().items()
+        )
+        loss = (
+            erase_loss
+            + config.adversarial_weight * adv_loss
+            + config.finetune_preserve_weight * keep_loss
+            + config.finetune_gate_weight * gate_loss
+        )
+        return {
+            "loss": loss,
+            "erase": float(erase_loss.detach()),
+            "adversarial": float(adv_loss.detach()),
+            "preserve": float(keep_loss.detach()),
+            "gate": float(torch.as_tensor(gate_loss).detach()),
+        }
+
+    def extra_state() -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for i, adversary in enumerate(pool):
+            state |= {f"pool.{i}.{k}": v for k, v in adversary.state().items()}
+        state["rounds"] = torch.tensor([rounds["count"]])
+        return state
+
+    def load_extra_state(state: dict[str, torch.Tensor]) -> None:
+        for i, adversary in enumerate(pool):
+            prefix = f"pool.{i}."
+            adversary.load_state(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+        rounds["count"] = int(state["rounds"][0])
+
+    try:
+        parameters = adapter.factor_parameters()
+        if config.finetune_gates:
+            parameters |= adapter.gate_parameters()
+        trainer = Trainer(
+            parameters,
+            steps=config.finetune_steps,
+            lr=config.finetune_lr,
+            seed=seed,
+            checkpoint_dir=config.checkpoint_dir,
+            checkpoint_every=config.checkpoint_every,
+            grad_clip=1.0,
+            stage="stage 2",
+            progress=progress,
+            config={"ace_stage2": json.dumps(_config_record(config), sort_keys=True)},
+            extra_state=extra_state,
+            load_extra_state=load_extra_state,
+        )
+        state = trainer.run(loss_step)
+        trained = adapter.edits()
+    finally:
+        adapter.remove()
+    record = StageRecord(
+        "stage2_finetune",
+        time.perf_counter() - start,
+        {
+            "steps": state.step,
+            "rank": rank,
+            "images": {"concept": len(concept_rows), "preserve": len(preserve_rows)},
+            "adversarial_rounds": rounds["count"],
+            "losses": state.log,
+            "gates": {k: v.gate.tolist() for k, v in trained.items() if k.endswith("to_k")},
+        },
+    )
+    return trained, record
+
+
+def _rows(cond: Conditioning, start: int, stop: int) -> Conditioning:
+    return Conditioning(
+        cond.embeds[start:stop], None if cond.pooled is None else cond.pooled[start:stop]
+    )
+
+
+def _config_record(config: AceConfig) -> dict:
+    """The fields of ``config`` that determine stage 2 (a resumed run must match them)."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(config).items() if k not in ("checkpoint_dir",)}

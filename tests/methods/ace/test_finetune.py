@@ -1,0 +1,128 @@
+"""ACE stage 2 on tiny pipelines: it trains the stage-1 factors and gates, the result is a
+standard LoRA, the pipeline is left as it was, and a killed run resumes to the same bytes."""
+
+import numpy as np
+import pytest
+import torch
+
+from ace_erasure import AceConfig, Erasure, erase
+from ace_erasure.methods.ace import finetune as stage2
+from ace_erasure.methods.ace.finetune import PreservePrompts
+
+TINY = dict(
+    neighbours=0,
+    gate_steps=1,
+    finetune=True,
+    finetune_steps=3,
+    finetune_images=2,
+    finetune_preserve_images=2,
+    finetune_batch=2,
+    adversarial_every=2,
+    adversarial_steps=1,
+    adversarial_pool=1,
+    adversarial_preserve=True,
+)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACE_ERASURE_CACHE", str(tmp_path / "cache"))
+
+
+def _image(pipe):
+    out = pipe(
+        "a red circle",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        height=32,
+        width=32,
+    )
+    return np.asarray(out.images[0])
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(tiny_pipes, tmp_path, family):
+    pipe = tiny_pipes(family)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    base = _image(pipe)
+    closed = erase(pipe, ["circle"], config=AceConfig(**TINY | {"finetune": False}))
+    tuned = erase(pipe, ["circle"], config=AceConfig(**TINY))
+    assert [s.name for s in tuned.stages] == [
+        "stage0_targets",
+        "stage1_closed_form",
+        "stage2_finetune",
+    ]
+    record = tuned.stages[2].stats
+    assert len(record["losses"]) == 3 and record["adversarial_rounds"] == 2
+    assert set(record["losses"][0]) == {"loss", "erase", "adversarial", "preserve", "gate"}
+    changed = [k for k in tuned.edits if not torch.allclose(tuned.delta(k), closed.delta(k))]
+    assert changed and any(
+        not torch.equal(e.gate, closed.edits[k].gate) for k, e in tuned.edits.items()
+    )
+    assert set(pipe.unet.state_dict()) == set(before)  # the adapter is gone
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())
+    tuned.save(tmp_path / "e")
+    with Erasure.load(tmp_path / "e").apply(pipe):
+        ours = _image(pipe)
+    pipe.load_lora_weights(str(tmp_path / "e"))
+    stock = _image(pipe)
+    pipe.unload_lora_weights()
+    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
+    assert np.array_equal(_image(pipe), base)
+
+
+def test_unedited_images_are_cached(tiny_pipes, tmp_path):
+    pipe = tiny_pipes("sd1")
+    first = stage2.draw_latents(
+        pipe, ["a red circle", "a blue star"], [1, 2], steps=2, guidance=2.0
+    )
+    files = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(files) == 2
+    again = stage2.draw_latents(
+        pipe, ["a red circle", "a blue star"], [1, 2], steps=2, guidance=2.0
+    )
+    assert torch.equal(first, again)
+    files[0].write_bytes(b"corrupt")  # a corrupt entry is drawn again
+    assert torch.equal(
+        stage2.draw_latents(pipe, ["a red circle", "a blue star"], [1, 2], steps=2, guidance=2.0),
+        first,
+    )
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_stage_two_resumes_to_the_same_bytes(tiny_pipes, tmp_path, monkeypatch):
+    pipe = tiny_pipes("sd1")
+    options = TINY | {"finetune_steps": 4, "checkpoint_every": 1}
+    whole = erase(pipe, ["circle"], config=AceConfig(**options))
+    checkpoints = str(tmp_path / "ckpt")
+    calls = {"n": 0}
+    original = stage2.add_noise
+
+    def dies_at_the_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stage2, "add_noise", dies_at_the_third_step)
+    with pytest.raises(Killed):
+        erase(pipe, ["circle"], config=AceConfig(**options, checkpoint_dir=checkpoints))
+    monkeypatch.setattr(stage2, "add_noise", original)
+    resumed = erase(pipe, ["circle"], config=AceConfig(**options, checkpoint_dir=checkpoints))
+    assert resumed.stages[2].stats["losses"] == whole.stages[2].stats["losses"]
+    assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
+
+
+def test_preserve_images_go_where_the_edit_does_damage():
+    keep = PreservePrompts(
+        related={"hexagon": ["a hexagon"], "star": ["a star"], "heart": ["a heart"]},
+        weights={"hexagon": 8.0, "star": 1.0, "heart": 1.0},
+        general=["a house", "a tree"],
+    )
+    chosen = keep.choose(12)
+    assert len(chosen) == 12 and chosen.count("a hexagon") > chosen.count("a star") >= 1
+    assert chosen.count("a house") + chosen.count("a tree") == 6
