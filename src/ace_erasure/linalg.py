@@ -149,11 +149,14 @@ def solve_ridge_edit(
     preserve_gram: torch.Tensor,
     preserve_weight: float,
     ridge: float,
+    *,
+    absolute: bool = False,
 ) -> EditSolution:
     """G = shift_cross · (target_gram + preserve_weight · preserve_gram + λ I)⁻¹.
 
     ``ridge`` is relative: λ = ridge · tr(target_gram + preserve_weight · preserve_gram) / d, so
-    it means the same on every model whatever the scale of its embeddings. A Cholesky
+    it means the same on every model whatever the scale of its embeddings (``absolute``: λ =
+    ``ridge`` as given, as UCE's λ = 0.5 is). A Cholesky
     factorisation is used (never an explicit inverse); if the system is numerically singular
     (ridge 0 and too few vectors), a ConfigError says so instead of returning noise.
     """
@@ -164,9 +167,9 @@ def solve_ridge_edit(
     dim = target_gram.shape[0]
     gram = target_gram + preserve_weight * preserve_gram
     scale = float(torch.trace(gram)) / dim
-    if scale <= 0:
+    if scale <= 0 and not (absolute and ridge > 0):
         raise ConfigError("all collected embeddings are zero: cannot build the edit")
-    lam = ridge * scale
+    lam = ridge if absolute else ridge * scale
     system = gram + lam * torch.eye(dim, dtype=torch.float64)
     system = (system + system.T) / 2
     eigenvalues = torch.linalg.eigvalsh(system)

@@ -9,8 +9,14 @@ from ace_erasure.methods.base import (
     register,
     unregister,
 )
+from ace_erasure.methods.rece import Rece
+from ace_erasure.methods.speed import Speed
+from ace_erasure.methods.uce import Uce
 
 register(Ace())
+register(Uce())
+register(Rece())
+register(Speed())
 DEFAULT_METHOD = Ace.name  # what `erase` uses when no method is named
 
 __all__ = [

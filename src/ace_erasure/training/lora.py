@@ -128,9 +128,10 @@ def attach(
 ) -> TrainableLora:
     """Add a trainable gated LoRA adapter of ``rank`` on the modules ``keys``.
 
-    With ``init`` each module starts from its edit (factors zero-padded or cut to ``rank``,
-    gate as given); without, A is random (seeded) and B zero, so the pipeline starts unchanged,
-    with gates of 1 in ``gate_groups[key]`` groups (default 1).
+    With ``init`` each module starts from its edit (cut to ``rank``, or with the extra ranks
+    started like a fresh LoRA: random A, zero B; gate as given); without, A is random (seeded)
+    and B zero, so the pipeline starts unchanged, with gates of 1 in ``gate_groups[key]`` groups
+    (default 1).
     """
     from peft import LoraConfig
 
@@ -158,17 +159,20 @@ def attach(
         b = module.lora_B[adapter_name]
         out_features, in_features = base_linear(module).weight.shape
         with torch.no_grad():
+            bound = 1 / in_features**0.5
+            random_down = (torch.rand(a.weight.shape, generator=generator) * 2 - 1) * bound
             if init is not None and key in init:
                 edit = init[key]
                 r = min(rank, edit.rank)
-                a.weight.zero_()
+                # ranks beyond the edit's start like a fresh LoRA (random A, zero B) so that
+                # they can learn; a zero A would give them no gradient at all
+                a.weight.copy_(random_down)
                 b.weight.zero_()
                 a.weight[:r] = edit.down[:r].to(a.weight.dtype)
                 b.weight[:, :r] = edit.up[:, :r].to(b.weight.dtype)
                 gate = edit.gate
             else:
-                bound = 1 / in_features**0.5
-                a.weight.copy_((torch.rand(a.weight.shape, generator=generator) * 2 - 1) * bound)
+                a.weight.copy_(random_down)
                 b.weight.zero_()
                 gate = torch.ones((gate_groups or {}).get(key, 1))
         if out_features % len(gate):
