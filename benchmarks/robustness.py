@@ -37,7 +37,7 @@ from ace_erasure.toyworld.assets import bundled_dir, manifest
 from ace_erasure.toyworld.world import ToyWorld
 
 CONCEPTS = ("circle", "heart", "Varela", "Mira Kestrel", "hazard")
-STAGES = {"1": {"finetune": False}, "1+2": {"finetune": True}}
+STAGES = {"1": {"stage": 1}, "1+2": {"stage": 2}}
 HERE = Path(__file__).parent
 
 

@@ -321,6 +321,13 @@ def erase(
             "--set", help="One method option, key=value (repeatable; wins over --config)."
         ),
     ] = None,
+    stage: Annotated[
+        int | None,
+        typer.Option(
+            help="Stages to run, for methods that have them (ACE: 1 = closed form, 2 = also "
+            "the adversarial fine-tuning); the same as --set stage=N."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
@@ -343,7 +350,10 @@ def erase(
         raise UsageError("--synonym needs exactly one --concept")
     try:
         chosen = get_method(method or DEFAULT_METHOD)
-        options = build_config(chosen, file=config, overrides=parse_overrides(set_ or []))
+        overrides = parse_overrides(set_ or [])
+        if stage is not None:
+            overrides["stage"] = stage
+        options = build_config(chosen, file=config, overrides=overrides)
     except ConfigError as error:  # the method and its options are command-line input
         raise UsageError(str(error)) from error
     items: list = list(load_concepts(concepts)) if concepts is not None else []

@@ -9,6 +9,7 @@ from ace_erasure.methods.base import (
     register,
     unregister,
 )
+from ace_erasure.methods.mace import Mace
 from ace_erasure.methods.rece import Rece
 from ace_erasure.methods.speed import Speed
 from ace_erasure.methods.uce import Uce
@@ -17,6 +18,7 @@ register(Ace())
 register(Uce())
 register(Rece())
 register(Speed())
+register(Mace())
 DEFAULT_METHOD = Ace.name  # what `erase` uses when no method is named
 
 __all__ = [

@@ -12,7 +12,7 @@ from ace_erasure.methods.ace.finetune import PreservePrompts
 TINY = dict(
     neighbours=0,
     gate_steps=1,
-    finetune=True,
+    stage=2,
     finetune_steps=3,
     finetune_images=2,
     finetune_preserve_images=2,
@@ -46,7 +46,7 @@ def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(tiny_pipes, tmp
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     base = _image(pipe)
-    closed = erase(pipe, ["circle"], config=AceConfig(**TINY | {"finetune": False}))
+    closed = erase(pipe, ["circle"], config=AceConfig(**TINY | {"stage": 1}))
     tuned = erase(pipe, ["circle"], config=AceConfig(**TINY))
     assert [s.name for s in tuned.stages] == [
         "stage0_targets",

@@ -116,7 +116,7 @@ class Ace:
                 up, down = tops[f"{name}.{proj}"].factors(rank)
                 edits[f"unet.{name}.{proj}"] = ModuleEdit(down, up, gates[name].float())
         stage2 = None
-        if config.finetune:
+        if config.stage == 2:
             from ace_erasure.methods.ace.finetune import PreservePrompts, finetune
 
             keep = PreservePrompts(

@@ -81,7 +81,8 @@ class AceConfig:
 
         Stage 2 (adversarially augmented LoRA fine-tuning, ``methods/ace/finetune.py``):
 
-        finetune: run stage 2 after the closed form (``--stage 1``: the closed form alone).
+        stage: 1 = the closed form alone; 2 = followed by the adversarially augmented
+            fine-tuning below (``ace-erasure erase --stage 2``).
         finetune_steps: outer optimisation steps.
         finetune_lr: Adam learning rate of the LoRA factors and gates.
         finetune_batch: images per step in each of the erase, adversarial and preserve terms.
@@ -90,7 +91,8 @@ class AceConfig:
         finetune_preserve_weight: λ_p of the preserve term.
         finetune_gate_weight: λ_g pulling the gates towards their closed-form values.
         finetune_gates: train the gates too (else only the factors).
-        finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise).
+        finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise;
+            None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content).
         finetune_rank: LoRA rank in stage 2 (None: stage 1's rank).
         finetune_cache: cache the unedited model's images on disk (per base-model fingerprint;
             ``$ACE_ERASURE_CACHE`` or ``~/.cache/ace-erasure``).
@@ -163,7 +165,7 @@ class AceConfig:
     token_gate_rank: int = field(
         default=4, metadata={"help": "concept subspace dimension (token gate)"}
     )
-    finetune: bool = field(default=False, metadata={"help": "run stage 2 (fine-tuning)"})
+    stage: Literal[1, 2] = field(default=1, metadata={"help": "1: closed form; 2: + fine-tuning"})
     finetune_steps: int = field(default=150, metadata={"help": "stage-2 steps"})
     finetune_lr: float = field(default=1e-3, metadata={"help": "stage-2 learning rate"})
     finetune_batch: int = field(default=4, metadata={"help": "images per term and step"})
@@ -172,7 +174,9 @@ class AceConfig:
     finetune_preserve_weight: float = field(default=1.0, metadata={"help": "λ_p (stage 2)"})
     finetune_gate_weight: float = field(default=0.1, metadata={"help": "λ_g (stage 2)"})
     finetune_gates: bool = field(default=True, metadata={"help": "train the gates"})
-    finetune_push: float = field(default=0.0, metadata={"help": "ESD negative guidance η"})
+    finetune_push: float | None = field(
+        default=None, metadata={"help": "ESD negative guidance η (None: automatic)"}
+    )
     finetune_rank: int | None = field(default=None, metadata={"help": "stage-2 LoRA rank"})
     finetune_cache: bool = field(default=True, metadata={"help": "cache unedited images"})
     adversarial_every: int = field(default=10, metadata={"help": "inner attack period (0: off)"})
@@ -230,7 +234,10 @@ class AceConfig:
                 (self.finetune_preserve_images >= 0, "finetune_preserve_images must be >= 0"),
                 (self.finetune_preserve_weight >= 0, "finetune_preserve_weight must be >= 0"),
                 (self.finetune_gate_weight >= 0, "finetune_gate_weight must be >= 0"),
-                (self.finetune_push >= 0, "finetune_push must be >= 0"),
+                (
+                    self.finetune_push is None or self.finetune_push >= 0,
+                    "finetune_push must be >= 0",
+                ),
                 (
                     self.finetune_rank is None or self.finetune_rank >= 1,
                     "finetune_rank must be >= 1",
@@ -244,8 +251,8 @@ class AceConfig:
                 (self.adversarial_weight >= 0, "adversarial_weight must be >= 0"),
                 (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
                 (
-                    not (self.finetune and self.mode == "token_gate"),
-                    "stage 2 (finetune) trains the LoRA: use mode='lora' with it",
+                    not (self.stage == 2 and self.mode == "token_gate"),
+                    "stage 2 trains the LoRA: use mode='lora' with it",
                 ),
             ],
         )

@@ -37,7 +37,7 @@ from ace_erasure.attacks.soft_prompt import SoftPrefix
 from ace_erasure.concepts import Concept, PromptPair
 from ace_erasure.erasure import ModuleEdit, StageRecord
 from ace_erasure.methods.ace.config import AceConfig
-from ace_erasure.methods.ace.targets import concept_prompt_pairs
+from ace_erasure.methods.ace.targets import anchor_push, concept_prompt_pairs
 from ace_erasure.models.conditioning import Conditioning, encode_conditioning, predict_noise
 from ace_erasure.models.embeddings import SoftTokens
 from ace_erasure.models.plumbing import fingerprint
@@ -220,6 +220,13 @@ def finetune(
     concept_rows = [i for i, c in enumerate(examples.concept_index) if c >= 0]
     preserve_rows = [i for i, c in enumerate(examples.concept_index) if c < 0]
     rank = config.finetune_rank or max(e.rank for e in edits.values())
+    # ESD's negative guidance on the erase target: as set, or (None) stage 1's automatic push
+    # (0.5 for explicit content, past the anchor: the hazard needed it in closed form too)
+    push = (
+        config.finetune_push
+        if config.finetune_push is not None
+        else max(anchor_push(c, config) for c in concepts)
+    )
     adapter = lora.attach(pipe, list(edits), rank, init=edits, seed=seed)
     closed_gates = {f"{k}.gate": e.gate.float().clone() for k, e in edits.items()}
     conditionings = _Conditionings(pipe)
@@ -312,12 +319,12 @@ def finetune(
             )
         with torch.no_grad(), adapter.disabled():
             target = predict_noise(pipe, noisy, timesteps, targets_cond).float()
-            if config.finetune_push and erase_rows:
+            if push and erase_rows:
                 n = len(erase_rows) + len(adv_rows)
                 concept_teacher = predict_noise(
                     pipe, noisy[:n], timesteps[:n], _rows(student_cond, 0, n)
                 ).float()
-                target[:n] = target[:n] - config.finetune_push * (concept_teacher - target[:n])
+                target[:n] = target[:n] - push * (concept_teacher - target[:n])
         prediction = predict_noise(pipe, noisy, timesteps, student_cond).float()
         errors = (prediction - target).square().flatten(1).mean(1)
         n_erase, n_adv = len(erase_rows), len(adv_rows)
