@@ -604,6 +604,138 @@ def combine(
 
 
 @app.command()
+def compare(
+    out: Annotated[Path, typer.Option(help="Folder: results.json, report.html, erasures/.")],
+    methods_: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            help="Comma-separated registered methods (e.g. ace,uce,rece,speed,mace,esd-x).",
+        ),
+    ],
+    concept: Annotated[
+        list[str] | None, typer.Option(help="Concept to erase (repeatable).")
+    ] = None,
+    concepts: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file with many concepts.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    method_set: Annotated[
+        list[str] | None,
+        typer.Option(help="A method option, method.key=value (e.g. uce.lamb=1); repeatable."),
+    ] = None,
+    attacks: Annotated[
+        str, typer.Option(help="Comma-separated attacks (see `evaluate`), or 'none'.")
+    ] = ",".join(("random", "soft", "hard", "ti", "cond")),
+    quick: Annotated[bool, typer.Option(help="evaluate's smaller preset.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the erasures and the evaluation.")] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Erase the same concepts with several methods and evaluate them side by side (one
+    report: tables, charts, image grids, H against the soft-prompt ASR)."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from ace_erasure.api import apply as apply_erasure
+    from ace_erasure.api import erase as run_erase
+    from ace_erasure.concepts import load_concepts
+    from ace_erasure.errors import ConfigError
+    from ace_erasure.evaluation.evaluate import QUICK, QUICK_ATTACK_OPTIONS, EvaluateSettings
+    from ace_erasure.evaluation.evaluate import evaluate as run_evaluation
+    from ace_erasure.io import check_output_folder
+    from ace_erasure.methods import build_config, get_method
+    from ace_erasure.methods.base import parse_overrides
+    from ace_erasure.worlds import load_pipeline, world_for
+
+    check_output_folder(out, overwrite=overwrite)
+    names = [m.strip() for m in methods_.split(",") if m.strip()]
+    if len(names) < 1 or len(set(names)) != len(names):
+        raise UsageError(f"--methods needs distinct method names, got {methods_!r}")
+    if not concept and concepts is None:
+        raise UsageError("give --concept NAME or --concepts FILE")
+    attack_names = (
+        [] if attacks.strip() == "none" else [a.strip() for a in attacks.split(",") if a.strip()]
+    )
+    try:
+        options: dict[str, dict] = {name: {} for name in names}
+        for key, value in parse_overrides(method_set or []).items():
+            method_name, _, option = key.partition(".")
+            if method_name not in options or not option:
+                raise ConfigError(
+                    f"--method-set takes method.key=value for a listed method: {key!r}"
+                )
+            options[method_name][option] = value
+        configs = {name: build_config(get_method(name), options[name]) for name in names}
+        from ace_erasure.attacks import attack_config
+
+        for name in attack_names:
+            attack_config(name)
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+    items: list = list(load_concepts(concepts)) if concepts is not None else []
+    items += list(concept or [])
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    world = world_for(pipe)
+    settings = EvaluateSettings(
+        seed=seed,
+        steps=world.sampling.steps,
+        guidance=world.sampling.guidance,
+        attacks=tuple(attack_names),
+        attack_options=dict(QUICK_ATTACK_OPTIONS) if quick else {},
+    )
+    if quick:
+        settings = dataclasses.replace(settings, **QUICK)
+    judge = world.judge()
+    if judge is None:
+        raise AceError("this model has no built-in judge: compare runs on ToyWorld models")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.erasures.", dir=out.parent))
+    try:
+        erasures = []
+        with Bars() as bars:
+            for name in names:
+                erasure = run_erase(
+                    pipe,
+                    items,
+                    method=name,
+                    config=configs[name],
+                    seed=seed,
+                    progress=bars,
+                    world=world,
+                )
+                erasure.save(staging / name)
+                label = f"{name}: {', '.join(c.name for c in erasure.concepts)}"
+                erasures.append((label, erasure, f"erasures/{name}"))
+            run_evaluation(
+                pipe,
+                erasures,
+                judge=judge,
+                judge_record={
+                    "name": "world",
+                    "threshold": judge.threshold,
+                    "classes": judge.classes,
+                },
+                suite_for=lambda c: world.suite(
+                    c, settings.images_named, settings.images_per_other, seed
+                ),
+                settings=settings,
+                out=out,
+                apply=apply_erasure,
+                world_name=world.name,
+                model_name=str(model or "bundled ToyWorld"),
+                progress=bars,
+                overwrite=overwrite,
+            )
+        shutil.move(str(staging), str(out / "erasures"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    console.print(f"compared {', '.join(names)}; wrote {out / 'report.html'}", markup=False)
+
+
+@app.command()
 def methods(
     name: Annotated[str | None, typer.Argument(help="A method: list its options.")] = None,
 ) -> None:

@@ -135,8 +135,9 @@ def _results(folder: Path) -> dict:
 
 
 def _expected_counts(results: dict) -> tuple[int, int]:
-    """(images, charts) the report of ``results`` shows: every image reference, and the two
-    summary charts plus one loss chart per attack that has loss curves."""
+    """(images, charts) the report of ``results`` shows: every image reference, the two
+    summary charts (and, for two erasures or more, H against the soft-prompt ASR), plus one
+    loss chart per attack that has loss curves."""
     images = charts = 0
     for erasure in results["erasures"]:
         for result in erasure["results"]:
@@ -144,7 +145,12 @@ def _expected_counts(results: dict) -> tuple[int, int]:
             for attack in result["attacks"].values():
                 images += len(attack["images"]["attacked"])
                 charts += bool(attack["loss_curves"])
-    return images, charts + 2
+    tradeoff = len(results["erasures"]) > 1 and any(
+        "soft" in result["attacks"]
+        for erasure in results["erasures"]
+        for result in erasure["results"]
+    )
+    return images, charts + 2 + tradeoff
 
 
 def _chromium() -> str:

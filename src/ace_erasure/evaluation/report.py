@@ -111,6 +111,7 @@ def render_report(results: dict[str, Any], folder: Path) -> str:
         images=images,
         accuracy_chart=_accuracy_chart(results),
         asr_chart=_asr_chart(results, attacks),
+        tradeoff_chart=_tradeoff_chart(results),
         unedited_asr_min=UNEDITED_ASR_MIN,
         text_blind_asr_max=TEXT_BLIND_ASR_MAX,
     )
@@ -269,6 +270,35 @@ def _asr_chart(results: dict[str, Any], attacks: list[str]) -> Markup | None:
         reference_label="no attack",
         chart_id="chart-asr",
     )
+
+
+def _tradeoff_chart(results: dict[str, Any], attack: str = "soft") -> Markup | None:
+    """H (higher is better) against the soft-prompt ASR (lower is better), one point per
+    (erasure, concept): the comparison's trade-off at a glance (with two or more erasures)."""
+    points = [
+        (
+            _row_label(erasure, result),
+            result.get("metrics", {}).get("H"),
+            result.get("attacks", {}).get(attack, {}).get("asr"),
+        )
+        for erasure in results.get("erasures", [])
+        for result in erasure.get("results", [])
+    ]
+    points = [p for p in points if p[1] is not None and p[2] is not None]
+    if len(results.get("erasures", [])) < 2 or not points:
+        return None
+    with _chart_style():
+        figure = Figure(figsize=(5.2, 3.6))
+        axes = figure.add_subplot()
+        for label, h, asr in points:
+            axes.plot([asr], [h], "o", markersize=5)
+            axes.annotate(label, (asr, h), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        axes.set_xlim(-0.05, 1.05)
+        axes.set_ylim(-0.05, 1.05)
+        axes.set_xlabel(f"{attack} ASR (lower is better)")
+        axes.set_ylabel("H (higher is better)")
+        axes.set_title("Erasure quality against robustness")
+        return _svg(figure, "chart-tradeoff")
 
 
 def _chart_style() -> AbstractContextManager[None]:
