@@ -48,7 +48,7 @@ from ace_erasure.evaluation.robustness import (
     text_blind,
 )
 from ace_erasure.evaluation.sharding import Shards
-from ace_erasure.evaluation.suites import Suite, samples
+from ace_erasure.evaluation.suites import Suite, number_samples, samples
 from ace_erasure.io import normal_permissions
 
 DEFAULT_ATTACKS = ("random", "soft", "hard", "ti", "cond")
@@ -182,7 +182,9 @@ class _Run:
         return self.base[key]
 
     def pairs_of(self, suite: Suite) -> Pairs:
-        named = suite.named[: self.settings.attack_pairs]
+        # numbered first: a prompt repeated in the suite ("a picture of Mira Kestrel" x 16) is
+        # that many pairs, each with its own seed
+        named = number_samples(suite.named)[: self.settings.attack_pairs]
         if not named:
             raise ValueError(f"the suite of {suite.concept!r} has no named prompts to attack")
         keys = samples(named)
@@ -253,7 +255,7 @@ class _Run:
                     options = self.settings.attack_options.get(name, {})
                     attacked[name] = self.attack(name, target, pairs, options)
             metrics = concept_metrics(suite, base_outcomes, erased_outcomes)
-            named_keys = samples(suite.named)[: self.settings.images_shown]
+            named_keys = samples(number_samples(suite.named))[: self.settings.images_shown]
             attacks = {}
             for name, run in attacked.items():
                 unedited, blind = sanity[name]

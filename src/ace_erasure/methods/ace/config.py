@@ -170,8 +170,8 @@ class AceConfig:
     finetune_lr: float = field(default=1e-3, metadata={"help": "stage-2 learning rate"})
     finetune_batch: int = field(default=4, metadata={"help": "images per term and step"})
     finetune_images: int = field(default=8, metadata={"help": "unedited images per concept"})
-    finetune_preserve_images: int = field(default=16, metadata={"help": "preserve images"})
-    finetune_preserve_weight: float = field(default=1.0, metadata={"help": "λ_p (stage 2)"})
+    finetune_preserve_images: int = field(default=32, metadata={"help": "preserve images"})
+    finetune_preserve_weight: float = field(default=10.0, metadata={"help": "λ_p (stage 2)"})
     finetune_gate_weight: float = field(default=0.1, metadata={"help": "λ_g (stage 2)"})
     finetune_gates: bool = field(default=True, metadata={"help": "train the gates"})
     finetune_push: float | None = field(
@@ -192,7 +192,7 @@ class AceConfig:
     adversarial_pool: int = field(default=4, metadata={"help": "adversarial prefixes kept"})
     adversarial_weight: float = field(default=1.0, metadata={"help": "adversarial term weight"})
     adversarial_preserve: bool = field(
-        default=False, metadata={"help": "preserve images through adversarial prefixes too"}
+        default=True, metadata={"help": "preserve images through adversarial prefixes too"}
     )
     checkpoint_dir: str | None = field(default=None, metadata={"help": "stage-2 checkpoints"})
     checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})

@@ -1,0 +1,233 @@
+"""Shared by ``robustness.py`` and ``compare.py``: erase concepts with several method
+variants and evaluate them side by side, on every ToyWorld given.
+
+For each model (the bundled ToyWorld and any other folder), each concept (circle, heart, the
+style Varela, the character Mira Kestrel, the hazard) and each stage setting (stage 1 = the
+closed form alone, stage 1+2 = with the adversarial fine-tuning), the concept is erased alone
+and evaluated with ``ace_erasure.evaluation.evaluate`` on the same prompts and seeds:
+
+- no-attack rate, random-prefix, soft-prompt (per seed, k = 5, 40 steps), hard-prompt
+  (universal PEZ text), textual-inversion and conditioning-space ASR, each beside the
+  unedited model's rate under the same attack and the text-blind control's;
+- Acc_e, Acc_g, Acc_s with the unedited values, and the erase time.
+
+Every (model, concept) is its own evaluation folder under ``--out`` (results.json + report.html)
+and is skipped when it exists, so a stopped run resumes where it stopped; the summary table is
+rebuilt from the folders every time.
+
+Every (model, concept) is its own evaluation folder (results.json + report.html) and is
+skipped when it exists, so a stopped run resumes where it stopped; the summary table is
+rebuilt from the folders every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+import ace_erasure
+from ace_erasure.attacks import attack_config
+from ace_erasure.evaluation.evaluate import DEFAULT_ATTACKS, EvaluateSettings, evaluate
+from ace_erasure.methods import build_config
+from ace_erasure.methods.base import parse_overrides
+from ace_erasure.toyworld.assets import bundled_dir, manifest
+from ace_erasure.toyworld.world import ToyWorld
+
+CONCEPTS = ("circle", "heart", "Varela", "Mira Kestrel", "hazard")
+HERE = Path(__file__).parent
+
+
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    """``label=method:key=value,key=value`` (label and options optional) -> (label, method,
+    options): "ace", "stage 2=ace:stage=2", "uce:lamb=1"."""
+    label, _, rest = text.rpartition("=") if "=" in text.split(":", 1)[0] else ("", "", text)
+    method, _, options = rest.partition(":")
+    parsed = parse_overrides([o for o in options.split(",") if o]) if options else {}
+    return label or text, method, parsed
+
+
+def model_folder(name: str) -> Path:
+    return bundled_dir() if name == "bundled" else Path(name)
+
+
+def model_label(folder: Path) -> str:
+    return f"seed {manifest(folder)['config']['seed']}"
+
+
+def run_one(args, variants, folder: Path, concept_names: list[str], out: Path) -> None:
+    world = ToyWorld(folder)
+    pipe = ace_erasure.load_pipeline(folder)
+    concepts = [world.resolve(name) for name in concept_names]
+    erasures = []
+    for label, method, options in variants:
+        config = build_config(method, options)
+        start = time.perf_counter()
+        erasure = ace_erasure.erase(
+            pipe, concepts, method=method, config=config, seed=args.seed, world=world
+        )
+        seconds = time.perf_counter() - start
+        erasure.stats.setdefault("seconds", {})["total"] = seconds
+        erasures.append((label, erasure, f"{', '.join(concept_names)}, {label}"))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record = {"model": str(folder), "concepts": concept_names, "variant": label}
+        record |= {"erase_seconds": round(seconds, 2), "peak_rss_mb": round(rss)}
+        print(json.dumps(record), flush=True)
+    settings = EvaluateSettings(
+        seed=args.seed,
+        steps=world.sampling.steps,
+        guidance=world.sampling.guidance,
+        images_named=args.n,
+        images_per_other=args.n_other,
+        attack_pairs=args.pairs,
+        attacks=tuple(args.attacks),
+    )
+    judge = world.judge()
+    evaluate(
+        pipe,
+        erasures,
+        judge=judge,
+        judge_record={"name": "toyworld", "threshold": judge.threshold, "classes": judge.classes},
+        suite_for=lambda c: world.suite(c, args.n, args.n_other, args.seed),
+        settings=settings,
+        out=out,
+        apply=ace_erasure.apply,
+        world_name=world.name,
+        model_name=str(folder),
+        overwrite=True,
+    )
+
+
+def rows_from(out: Path) -> list[dict]:
+    rows = []
+    for results_file in sorted(out.glob("*/*/results.json")):
+        results = json.loads(results_file.read_text())
+        for entry in results["erasures"]:
+            for result in entry["results"]:
+                m = result["metrics"]
+                row = {
+                    "model": results_file.parent.parent.name,
+                    "concept": result["concept"],
+                    "variant": entry["label"],
+                    "H": m["H"],
+                    "erase_seconds": entry["erase_seconds"],
+                    "acc_e": m["acc_e"],
+                    "acc_g": m["acc_g"],
+                    "acc_s": m["acc_s"],
+                    "acc_s_base": m["acc_s_base"],
+                    "attacks": {
+                        name: {
+                            k: a[k]
+                            for k in (
+                                "asr",
+                                "no_attack_rate",
+                                "asr_unedited",
+                                "asr_text_blind",
+                                "n_pairs",
+                                "mode",
+                            )
+                        }
+                        for name, a in result["attacks"].items()
+                    },
+                    "peak_rss_mb": entry["cost"]["peak_rss_mb"],
+                }
+                rows.append(row)
+    return rows
+
+
+def fmt(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def markdown(rows: list[dict], attacks: list[str]) -> str:
+    lines = [
+        "# Erasures under attack on ToyWorld",
+        "",
+        "ASR = share of attacked generations in which the judge finds the concept (attacked "
+        "generations only); in brackets the unedited model under the same attack / the text-blind "
+        "control. No-attack = the erased model on the same pairs. Command and settings: "
+        "`results.json` of each folder.",
+        "",
+        "| model | concept | variant | Acc_e | Acc_g | Acc_s (base) | H | no-attack | "
+        + " | ".join(attacks)
+        + " | erase s |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(attacks) + "---|",
+    ]
+    for r in rows:
+        cells = []
+        for name in attacks:
+            a = r["attacks"].get(name)
+            cells.append(
+                "–"
+                if a is None
+                else f"{fmt(a['asr'])} ({fmt(a['asr_unedited'])} / {fmt(a['asr_text_blind'])})"
+            )
+        no_attack = next(iter(r["attacks"].values()))["no_attack_rate"] if r["attacks"] else None
+        lines.append(
+            f"| {r['model']} | {r['concept']} | {r['variant']} | {fmt(r['acc_e'])} | {fmt(r['acc_g'])} | "
+            f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])}) | {fmt(r['H'])} | {fmt(no_attack)} | "
+            + " | ".join(cells)
+            + f" | {fmt(r['erase_seconds'])} |"
+        )
+    n_pairs = {a["n_pairs"] for r in rows for a in r["attacks"].values()}
+    lines += [
+        "",
+        f"Pairs per attack: {sorted(n_pairs)}; {torch.get_num_threads()} torch threads.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(description: str, default_variants: list[str], default_out: Path) -> None:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", action="append", default=None, help="ToyWorld folder or 'bundled' (repeatable)"
+    )
+    parser.add_argument(
+        "--concepts",
+        nargs="+",
+        default=list(CONCEPTS),
+        help="concepts, each erased alone ('all-shapes': the ten shapes at once)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=default_variants,
+        help="label=method:key=value,... (see parse_variant)",
+    )
+    parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS))
+    parser.add_argument("--pairs", type=int, default=16, help="attacked pairs per concept")
+    parser.add_argument("--n", type=int, default=16, help="images per named / synonym set")
+    parser.add_argument("--n-other", type=int, default=4, help="images per other concept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=default_out)
+    args = parser.parse_args()
+    for name in args.attacks:
+        attack_config(name)
+    variants = [parse_variant(v) for v in args.variants]
+    for _, method, options in variants:
+        build_config(method, options)  # a bad variant fails now, not after an hour
+    from ace_erasure.toyworld.vocab import vocabulary
+
+    for model in args.model or ["bundled"]:
+        folder = model_folder(model)
+        label = model_label(folder).replace(" ", "")
+        for concept in args.concepts:
+            names = list(vocabulary().shapes) if concept == "all-shapes" else [concept]
+            out = args.out / label / concept.replace(" ", "-")
+            if (out / "results.json").is_file():
+                print(f"skip {out} (done)", flush=True)
+                continue
+            run_one(args, variants, folder, names, out)
+    rows = rows_from(args.out)
+    summary = {"rows": rows, "attacks": args.attacks, "variants": args.variants}
+    (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown(rows, args.attacks)
+    (args.out.parent / f"{args.out.name}.md").write_text(table)
+    print(table)
