@@ -45,8 +45,8 @@ HERE = Path(__file__).parent
 def parse_variant(text: str) -> tuple[str, str, dict]:
     """``label=method:key=value,key=value`` (label and options optional) -> (label, method,
     options): "ace", "stage 2=ace:stage=2", "uce:lamb=1"."""
-    label, _, rest = text.rpartition("=") if "=" in text.split(":", 1)[0] else ("", "", text)
-    method, _, options = rest.partition(":")
+    head, _, options = text.partition(":")
+    label, _, method = head.rpartition("=")
     parsed = parse_overrides([o for o in options.split(",") if o]) if options else {}
     return label or text, method, parsed
 
