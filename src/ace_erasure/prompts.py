@@ -108,6 +108,16 @@ class GenericWorld:
         )
 
 
+def spread(items: Sequence[str], n: int) -> list[str]:
+    """``n`` items spread evenly over ``items`` (all of them, in turn, when ``n`` exceeds
+    their number)."""
+    if not items:
+        return []
+    if n >= len(items):
+        return [items[k % len(items)] for k in range(n)]
+    return [items[(k * len(items)) // n] for k in range(n)]
+
+
 def _mentions(prompt: str, names: Sequence[str]) -> bool:
     words = f" {' '.join(prompt.lower().replace(',', ' ').split())} "
     return any(f" {name.lower()} " in words for name in names)

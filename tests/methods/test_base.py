@@ -113,6 +113,7 @@ def test_values_and_overrides_parse_as_yaml():
         "ratio": 0.5,
     }
     assert str(parse_value("nan")) == "nan" and parse_value("-inf") == float("-inf")
+    assert parse_value("3e-4") == 0.0003 and parse_value("head") == "head"  # YAML 1.1 reads text
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["rank"])
 

@@ -45,6 +45,7 @@ def test_start_from_an_erasure_and_disable_for_the_teacher(tiny_pipes, family):
     after = pipe.unet.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())
     assert not hasattr(pipe.unet, "peft_config")
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # PEFT's freezing is undone
 
 
 def test_training_moves_the_student_towards_the_anchor_and_exports_an_erasure(tiny_pipes, tmp_path):

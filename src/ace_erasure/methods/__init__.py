@@ -1,6 +1,7 @@
 """Erasure methods behind one interface (:mod:`ace_erasure.methods.base`), registered by name."""
 
 from ace_erasure.methods.ace import Ace, AceConfig
+from ace_erasure.methods.advunlearn import ADVUNLEARN
 from ace_erasure.methods.base import (
     Method,
     available,
@@ -9,6 +10,7 @@ from ace_erasure.methods.base import (
     register,
     unregister,
 )
+from ace_erasure.methods.esd import ESD_U, ESD_X
 from ace_erasure.methods.mace import Mace
 from ace_erasure.methods.rece import Rece
 from ace_erasure.methods.speed import Speed
@@ -19,6 +21,9 @@ register(Uce())
 register(Rece())
 register(Speed())
 register(Mace())
+register(ESD_X)
+register(ESD_U)
+register(ADVUNLEARN)
 DEFAULT_METHOD = Ace.name  # what `erase` uses when no method is named
 
 __all__ = [

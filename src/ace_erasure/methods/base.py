@@ -169,9 +169,15 @@ def parse_value(text: str) -> Any:
     if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
         return float(text)
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as text: a number is meant
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def read_config_file(path: str | Path) -> dict:

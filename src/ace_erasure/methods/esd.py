@@ -64,7 +64,7 @@ from ace_erasure.methods.ace.finetune import _Conditionings, draw_latents
 from ace_erasure.methods.base import Progress, check_fields, require
 from ace_erasure.models.conditioning import Conditioning, predict_noise
 from ace_erasure.models.plumbing import base_linear, cross_attention_layers
-from ace_erasure.prompts import PromptWorld
+from ace_erasure.prompts import PromptWorld, spread
 from ace_erasure.training import lora
 from ace_erasure.training.diffusion import add_noise
 from ace_erasure.training.loop import Trainer
@@ -132,16 +132,6 @@ def esd_target(
 ) -> torch.Tensor:
     """ESD's target ``ε_u − η (ε_c − ε_u)`` (any shape; the frozen model's predictions)."""
     return unconditional - negative_guidance * (conditional - unconditional)
-
-
-def spread(items: Sequence[str], n: int) -> list[str]:
-    """``n`` items spread evenly over ``items`` (all of them, in turn, when ``n`` exceeds
-    their number)."""
-    if not items:
-        return []
-    if n >= len(items):
-        return [items[k % len(items)] for k in range(n)]
-    return [items[(k * len(items)) // n] for k in range(n)]
 
 
 # ------------------------------------------------------------------------------ modules

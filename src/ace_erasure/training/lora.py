@@ -40,8 +40,16 @@ class _RowGate(nn.Module):
 class TrainableLora:
     """A gated LoRA adapter being trained in a pipeline (see the module docstring)."""
 
-    def __init__(self, pipe, adapter_name: str, modules: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        pipe,
+        adapter_name: str,
+        modules: dict[str, Any],
+        trainable: dict[str, dict[str, bool]] | None = None,
+    ) -> None:
         self.pipe, self.adapter_name, self.modules = pipe, adapter_name, modules
+        # PEFT freezes every base parameter when it adds an adapter: what to give back
+        self.trainable = trainable or {}
 
     def _parts(self, key: str) -> tuple[Any, Any]:  # PEFT's lora_A / lora_B linears
         module: Any = self.modules[key]
@@ -97,9 +105,15 @@ class TrainableLora:
         for key in self.modules:
             _, b = self._parts(key)
             parametrize.remove_parametrizations(b, "weight", leave_parametrized=False)
+        components = sorted({key.split(".", 1)[0] for key in self.modules})
         for component in self._components():
             component.delete_adapters(self.adapter_name)
             _unwrap_empty_lora_layers(component)
+        for component in components:
+            flags = self.trainable.get(component, {})
+            for name, param in getattr(self.pipe, component).named_parameters():
+                if name in flags:
+                    param.requires_grad_(flags[name])
         self.modules = {}
 
 
@@ -144,6 +158,10 @@ def attach(
             raise ConfigError(f"the pipeline has no {component} to train")
         by_component.setdefault(component, []).append(path)
     generator = torch.Generator().manual_seed(seed)
+    trainable = {
+        component: {n: p.requires_grad for n, p in getattr(pipe, component).named_parameters()}
+        for component in by_component
+    }
     modules: dict[str, Any] = {}
     for component, paths in by_component.items():
         owner = getattr(pipe, component)
@@ -178,4 +196,4 @@ def attach(
         if out_features % len(gate):
             raise ConfigError(f"{len(gate)} gates do not divide the {out_features} rows of {key}")
         parametrize.register_parametrization(b, "weight", _RowGate(gate))
-    return TrainableLora(pipe, adapter_name, modules)
+    return TrainableLora(pipe, adapter_name, modules, trainable)

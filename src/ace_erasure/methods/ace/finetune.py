@@ -41,6 +41,7 @@ from ace_erasure.methods.ace.targets import anchor_push, concept_prompt_pairs
 from ace_erasure.models.conditioning import Conditioning, encode_conditioning, predict_noise
 from ace_erasure.models.embeddings import SoftTokens
 from ace_erasure.models.plumbing import fingerprint
+from ace_erasure.prompts import spread
 from ace_erasure.training import lora
 from ace_erasure.training.checkpoint import atomic_save
 from ace_erasure.training.diffusion import add_noise
@@ -142,10 +143,9 @@ class PreservePrompts:
                 counts[k] += 1
                 leftover -= 1
             for k in names:
-                prompts = self.related[k]
-                chosen += [prompts[(j * 5) % len(prompts)] for j in range(counts.get(k, 0))]
+                chosen += spread(self.related[k], counts.get(k, 0))
         if self.general:
-            chosen += [self.general[(j * 7) % len(self.general)] for j in range(n - len(chosen))]
+            chosen += spread(self.general, n - len(chosen))
         return chosen
 
 
@@ -164,10 +164,10 @@ def training_examples(
     prompts, targets, which = [], [], []
     for index, concept in enumerate(concepts):
         pairs: list[PromptPair] = concept_prompt_pairs(concept, config)
-        for k in range(config.finetune_images):
-            pair = pairs[(k * 7) % len(pairs)]  # spread over templates and names
-            prompts.append(pair.text)
-            targets.append(pair.anchor_text)
+        by_text = {p.text: p for p in pairs}
+        for text in spread(list(by_text), config.finetune_images):  # over templates and names
+            prompts.append(text)
+            targets.append(by_text[text].anchor_text)
             which.append(index)
     chosen = preserve.choose(config.finetune_preserve_images)
     prompts += chosen
