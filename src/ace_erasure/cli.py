@@ -57,6 +57,12 @@ IMAGE_FORMATS = {
 }
 DTYPE_HELP = "float32 | float16 | bfloat16 | auto (float16 on a GPU, float32 on the CPU)."
 
+# options shared by every command that loads a model or writes a folder
+ModelOption = Annotated[str | None, typer.Option(help=MODEL_HELP)]
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
+DtypeOption = Annotated[str, typer.Option(help=DTYPE_HELP)]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
+
 
 def _quiet_libraries() -> None:
     """Silence third-party chatter that is not for our users (torchvision fallbacks, shard bars)."""
@@ -172,7 +178,7 @@ def generate(
     out: Annotated[
         Path, typer.Option(help="Output image (.png, .jpg, .webp); a grid for several images.")
     ] = Path("generated.png"),
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model: ModelOption = None,
     erasure: Annotated[
         list[Path] | None,
         typer.Option(help="Erasure folder (from `ace-erasure erase`) to apply; repeatable."),
@@ -198,8 +204,8 @@ def generate(
     images_per_prompt: Annotated[
         int, typer.Option(min=1, help="Images per prompt (grid columns).")
     ] = 1,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     force: Annotated[
         bool, typer.Option(help="Apply erasures made for another base model (recorded).")
     ] = False,
@@ -307,7 +313,7 @@ def erase(
     concepts: Annotated[
         Path | None, typer.Option(help="YAML/JSON file with many concepts.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model: ModelOption = None,
     method: Annotated[
         str | None, typer.Option(help="Erasure method (default: ace; see `ace-erasure methods`).")
     ] = None,
@@ -329,10 +335,10 @@ def erase(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     grid: Annotated[bool, typer.Option(help="Put a before/after grid in the model card.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Erase concepts from a model; writes a diffusers LoRA that `load_lora_weights` loads."""
     from ace_erasure.api import erase as run_erase
@@ -417,7 +423,7 @@ def evaluate(
         list[Path], typer.Option(help="Erasure folder to evaluate (repeatable: side by side).")
     ],
     out: Annotated[Path, typer.Option(help="Report folder (results.json, report.html, images/).")],
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model: ModelOption = None,
     attacks: Annotated[
         str,
         typer.Option(help="Comma-separated attacks: random,soft,hard,ti,cond (or 'none')."),
@@ -449,9 +455,9 @@ def evaluate(
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance (default: the model's world).")
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    overwrite: OverwriteOption = False,
     force: Annotated[
         bool, typer.Option(help="Evaluate erasures made for another base model (recorded).")
     ] = False,
@@ -573,16 +579,16 @@ def combine(
         list[Path], typer.Option(help="Erasure folder to fuse (repeatable, at least two).")
     ],
     out: Annotated[Path, typer.Option(help="Output erasure folder (one LoRA for all).")],
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model: ModelOption = None,
     preserve_weight: Annotated[
         float, typer.Option(help="Weight of the preserve prompts in the fusion.")
     ] = 1.0,
     rank: Annotated[
         int | None, typer.Option(min=1, help="LoRA rank of the result (default: automatic).")
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Fuse separately made erasures into one LoRA (closed form, MACE-style)."""
     from ace_erasure.api import combine as fuse_erasures
@@ -619,7 +625,7 @@ def compare(
     concepts: Annotated[
         Path | None, typer.Option(help="YAML/JSON file with many concepts.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    model: ModelOption = None,
     method_set: Annotated[
         list[str] | None,
         typer.Option(help="A method option, method.key=value (e.g. uce.lamb=1); repeatable."),
@@ -629,9 +635,9 @@ def compare(
     ] = ",".join(("random", "soft", "hard", "ti", "cond")),
     quick: Annotated[bool, typer.Option(help="evaluate's smaller preset.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the erasures and the evaluation.")] = 0,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Erase the same concepts with several methods and evaluate them side by side (one
     report: tables, charts, image grids, H against the soft-prompt ASR)."""
