@@ -8,6 +8,7 @@ the prompts that went through the text encoder, and the peak resident memory. Tw
 configurations: the defaults, and ``--set`` overrides.
 
     python benchmarks/erase_speed.py     # defaults, 3 repeats of the 1-concept runs
+    python benchmarks/erase_speed.py --repeats 1 --methods uce rece speed   # with the closed-form baselines
     python benchmarks/erase_speed.py --repeats 1 --set encode_dtype=bfloat16 \
         --set gate_resolution=128 --set gate_steps=1   # the published table (13 min)
 """
@@ -27,6 +28,7 @@ import torch
 
 import ace_erasure
 from ace_erasure import AceConfig, erase
+from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
 
 # 100 everyday object names (erased together in the 100-concept run)
@@ -137,14 +139,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_erase(pipe, concepts: list[str], config: AceConfig, repeats: int) -> dict:
+def time_erase(pipe, concepts: list[str], method: str, config, repeats: int) -> dict:
     runs = []
     for seed in range(repeats):
         gc.collect()
         start = time.perf_counter()
-        erasure = erase(pipe, concepts, config=config, seed=seed)
-        runs.append((time.perf_counter() - start, erasure.stats["seconds"]))
-        passes = erasure.stats["encoder_passes"]
+        erasure = erase(pipe, concepts, method=method, config=config, seed=seed)
+        runs.append((time.perf_counter() - start, erasure.stats.get("seconds", {})))
+        passes = erasure.stats.get("encoder_passes")
     totals = [r[0] for r in runs]
     median_run = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
     return {
@@ -167,18 +169,26 @@ def main() -> None:
     )
     parser.add_argument("--skip-sd15", action="store_true")
     parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=[],
+        help="other methods to time with their defaults (uce rece speed)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "erase_speed"
     )
     args = parser.parse_args()
 
-    configs = {"default": AceConfig()}
+    configs = {"default": ("ace", AceConfig())}
     if args.set:
-        configs["override"] = AceConfig(**parse_overrides(args.set))
+        configs["override"] = ("ace", AceConfig(**parse_overrides(args.set)))
+    for name in args.methods:
+        configs[name] = (name, build_config(name))
     results: dict = {
         "benchmark": "erase_speed",
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "configs": {k: dataclasses.asdict(v) for k, v in configs.items()},
+        "configs": {k: {"method": m, **dataclasses.asdict(v)} for k, (m, v) in configs.items()},
         "models": {},
     }
 
@@ -188,10 +198,10 @@ def main() -> None:
     shapes = list(vocabulary().shapes)
     results["models"]["toyworld"] = {
         name: {
-            "1": time_erase(toy, ["circle"], cfg, args.repeats),
-            "10": time_erase(toy, shapes, cfg, args.repeats),
+            "1": time_erase(toy, ["circle"], method, cfg, args.repeats),
+            "10": time_erase(toy, shapes, method, cfg, args.repeats),
         }
-        for name, cfg in configs.items()
+        for name, (method, cfg) in configs.items()
     }
     del toy
     if not args.skip_sd15:
@@ -209,10 +219,10 @@ def main() -> None:
             "text_encoder_parameters": text_params,
             "peak_rss_mb_before_erasing": rss_before,
         }
-        for name, cfg in configs.items():
+        for name, (method, cfg) in configs.items():
             results["models"]["sd15_sized_random"][name] = {
-                "1": time_erase(pipe, ["cat"], cfg, args.repeats),
-                "100": time_erase(pipe, OBJECTS[:100], cfg, max(1, args.repeats // 3)),
+                "1": time_erase(pipe, ["cat"], method, cfg, args.repeats),
+                "100": time_erase(pipe, OBJECTS[:100], method, cfg, max(1, args.repeats // 3)),
             }
     results["peak_rss_mb"] = peak_rss_mb()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -230,11 +240,14 @@ def main() -> None:
     for model, entries in results["models"].items():
         for name in configs:
             for count, r in entries[name].items():
-                st = r["stage_seconds_of_median_run"]
+                st = {
+                    k: r["stage_seconds_of_median_run"].get(k, float("nan"))
+                    for k in ("targets", "preserve", "solve", "gates")
+                }
                 lines.append(
                     f"| {model} | {name} | {count} | {r['seconds_median']:.2f} | {st['targets']:.2f} | "
                     f"{st['preserve']:.2f} | {st['solve']:.2f} | {st['gates']:.2f} | {r['rank']} | "
-                    f"{r['encoder_passes']} |"
+                    f"{r['encoder_passes'] if r['encoder_passes'] is not None else '–'} |"
                 )
     if "override" in configs:
         lines += [
