@@ -38,6 +38,15 @@ def toyworld_judge():
     return ace_erasure.toyworld.load_judge()
 
 
+@pytest.fixture(scope="session")
+def fast_world():
+    """A generic world that samples in 2 steps: for methods that draw images of the unedited
+    model (stage 2, MACE, ESD) on tiny pipelines, where 30 steps only cost time."""
+    from ace_erasure.prompts import GenericWorld, Sampling
+
+    return GenericWorld(Sampling(steps=2, guidance=2.0))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -62,9 +62,11 @@ def test_lora_round_trip_through_stock_diffusers(tiny_pipes, tmp_path):
         assert [s.name for s in loaded.stages] == [s.name for s in erasure.stages]
         for key in erasure.edits:
             assert torch.equal(loaded.delta(key), erasure.delta(key))
+        flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
         with loaded.apply(pipe):
             ours = _image(pipe)
         assert np.array_equal(_image(pipe), base)
+        assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == flags
         pipe.load_lora_weights(str(tmp_path / family))  # stock diffusers, no ace-erasure code
         stock = _image(pipe)
         pipe.unload_lora_weights()

@@ -268,6 +268,7 @@ class Erasure:
                 f"an adapter named {name!r} is already loaded; remove it first or pick another name"
             )
         weights = _adapter_weights(pipe, active)
+        flags = _trainable_flags(pipe, self.components)
         state = {
             k: v.to(getattr(pipe, k.split(".", 1)[0]).dtype)
             for k, v in self.lora_state_dict().items()
@@ -275,7 +276,7 @@ class Erasure:
         with _quiet_diffusers():  # it warns about components that get no LoRA keys (by design)
             pipe.load_lora_weights(state, adapter_name=name)
         pipe.set_adapters([*active, name], adapter_weights=[*weights, scale])
-        return AppliedErasure(pipe, name)
+        return AppliedErasure(pipe, name, flags)
 
     def fuse(self, pipe, scale: float = 1.0, *, force: bool = False) -> FusedErasure:
         """Merge the edit into the base weights (no adapter at inference); the handle's
@@ -436,10 +437,14 @@ class Erasure:
 
 
 class AppliedErasure:
-    """An erasure loaded as a LoRA adapter into a pipeline; :meth:`remove` takes it out."""
+    """An erasure loaded as a LoRA adapter into a pipeline; :meth:`remove` takes it out (and
+    gives the parameters back the ``requires_grad`` flags PEFT's injection turned off)."""
 
-    def __init__(self, pipe, adapter_name: str) -> None:
+    def __init__(
+        self, pipe, adapter_name: str, flags: dict[str, dict[str, bool]] | None = None
+    ) -> None:
         self.pipe, self.adapter_name = pipe, adapter_name
+        self.flags = flags or {}
         self.removed = False
 
     def remove(self) -> None:
@@ -452,6 +457,10 @@ class AppliedErasure:
                 self.pipe.delete_adapters(self.adapter_name)
             else:
                 self.pipe.unload_lora_weights()
+        for component, flags in self.flags.items():
+            for name, param in getattr(self.pipe, component).named_parameters():
+                if name in flags:
+                    param.requires_grad_(flags[name])
         self.removed = True
 
     def __enter__(self) -> AppliedErasure:
@@ -548,6 +557,13 @@ def _quiet_diffusers() -> Iterator[None]:
             yield
     finally:
         diffusers_logging.set_verbosity(level)
+
+
+def _trainable_flags(pipe, components: Sequence[str]) -> dict[str, dict[str, bool]]:
+    """Each component's parameters' ``requires_grad`` (PEFT's injection freezes them)."""
+    return {
+        c: {n: p.requires_grad for n, p in getattr(pipe, c).named_parameters()} for c in components
+    }
 
 
 def _all_adapters(pipe) -> list[str]:

@@ -1,6 +1,8 @@
 """On ToyWorld: the soft-prompt attack brings an erased shape back, its random start does
 not, and the text-blind control defeats it (the checks every reported ASR rests on)."""
 
+import pytest
+
 import ace_erasure
 from ace_erasure.attacks import attack_config
 from ace_erasure.evaluation.robustness import (
@@ -12,6 +14,7 @@ from ace_erasure.evaluation.robustness import (
 )
 
 
+@pytest.mark.slow
 def test_soft_prompt_attack_on_toyworld(toyworld_pipe, toyworld_judge):
     pipe, judge = toyworld_pipe, toyworld_judge
     pairs = Pairs(

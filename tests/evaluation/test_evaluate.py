@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 from ace_erasure.cli import main
 
 
@@ -16,6 +18,27 @@ def _run(monkeypatch, capsys, *args):
     return code, *capsys.readouterr()
 
 
+def test_evaluate_without_attacks_is_quick_and_complete(monkeypatch, capsys, tmp_path):
+    code, _, err = _run(
+        monkeypatch, capsys, "erase", "--concept", "star", "--out", str(tmp_path / "e"), "--no-grid"
+    )
+    assert code == 0, err
+    out = tmp_path / "report"
+    args = ["evaluate", "--erasure", str(tmp_path / "e"), "--out", str(out), "--attacks", "none"]
+    code, _, err = _run(monkeypatch, capsys, *args, "--images", "2", "--images-other", "1")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    entry = results["erasures"][0]["results"][0]
+    assert entry["concept"] == "star" and entry["attacks"] == {}
+    assert entry["metrics"]["n"] == {"named": 2, "synonyms": 2, "others": 9, "attributes": 11}
+    assert results["erasures"][0]["quality"]["n_images"] == 9
+    assert (out / "report.html").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "e",
+        "report",
+    ]
+
+
+@pytest.mark.slow
 def test_evaluate_writes_results_and_a_report(monkeypatch, capsys, tmp_path):
     code, _, err = _run(
         monkeypatch,

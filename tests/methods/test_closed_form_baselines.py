@@ -79,7 +79,14 @@ def test_speed_keeps_the_empty_prompt_exactly(tiny_pipes):
         assert erasure.delta(key).double() @ empty == pytest.approx(0, abs=1e-4)
 
 
-@pytest.mark.parametrize("method", ["uce", "rece", "speed"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "uce",
+        pytest.param("rece", marks=pytest.mark.slow),
+        pytest.param("speed", marks=pytest.mark.slow),
+    ],
+)
 def test_baselines_erase_a_shape_on_toyworld(toyworld_pipe, toyworld_judge, method):
     erasure = ace_erasure.erase(toyworld_pipe, ["star"], method=method)
     prompts = [f"a picture of a {c} star" for c in ("red", "blue", "green", "yellow")]

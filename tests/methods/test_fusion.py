@@ -11,6 +11,7 @@ from ace_erasure.errors import ConfigError
 FAST = AceConfig(neighbours=0, gate="none")
 
 
+@pytest.mark.slow
 def test_fused_erasure_erases_both_concepts_on_toyworld(toyworld_pipe, toyworld_judge):
     pipe, judge = toyworld_pipe, toyworld_judge
     circle = ace_erasure.erase(pipe, ["circle"], config=FAST)

@@ -17,11 +17,13 @@ def _cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_mace_edits_keys_and_values_and_leaves_the_pipeline(tiny_pipes, family):
+def test_mace_edits_keys_and_values_and_leaves_the_pipeline(tiny_pipes, fast_world, family):
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     processors = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
-    erasure = ace_erasure.erase(pipe, ["circle", "square"], method="mace", config=TINY)
+    erasure = ace_erasure.erase(
+        pipe, ["circle", "square"], method="mace", config=TINY, world=fast_world
+    )
     layers = [name for name, _ in cross_attention_layers(pipe.unet)]
     assert set(erasure.edits) == {f"unet.{n}.{p}" for n in layers for p in ("to_k", "to_v")}
     assert [s.name for s in erasure.stages] == ["mace_refinement", "mace_lora", "mace_fusion"]
@@ -30,6 +32,7 @@ def test_mace_edits_keys_and_values_and_leaves_the_pipeline(tiny_pipes, family):
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == processors
 
 
+@pytest.mark.slow
 def test_mace_erases_two_shapes_on_toyworld(toyworld_pipe, toyworld_judge):
     erasure = ace_erasure.erase(
         toyworld_pipe, ["star", "heart"], method="mace", config={"lora_steps": 10}

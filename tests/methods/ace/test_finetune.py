@@ -42,12 +42,14 @@ def _image(pipe):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(tiny_pipes, tmp_path, family):
+def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(
+    tiny_pipes, fast_world, tmp_path, family
+):
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     base = _image(pipe)
-    closed = erase(pipe, ["circle"], config=AceConfig(**TINY | {"stage": 1}))
-    tuned = erase(pipe, ["circle"], config=AceConfig(**TINY))
+    closed = erase(pipe, ["circle"], config=AceConfig(**TINY | {"stage": 1}), world=fast_world)
+    tuned = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
     assert [s.name for s in tuned.stages] == [
         "stage0_targets",
         "stage1_closed_form",
@@ -94,10 +96,12 @@ class Killed(Exception):
     pass
 
 
-def test_a_killed_stage_two_resumes_to_the_same_bytes(tiny_pipes, tmp_path, monkeypatch):
+def test_a_killed_stage_two_resumes_to_the_same_bytes(
+    tiny_pipes, fast_world, tmp_path, monkeypatch
+):
     pipe = tiny_pipes("sd1")
     options = TINY | {"finetune_steps": 4, "checkpoint_every": 1}
-    whole = erase(pipe, ["circle"], config=AceConfig(**options))
+    whole = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
     checkpoints = str(tmp_path / "ckpt")
     calls = {"n": 0}
     original = stage2.add_noise
@@ -110,9 +114,16 @@ def test_a_killed_stage_two_resumes_to_the_same_bytes(tiny_pipes, tmp_path, monk
 
     monkeypatch.setattr(stage2, "add_noise", dies_at_the_third_step)
     with pytest.raises(Killed):
-        erase(pipe, ["circle"], config=AceConfig(**options, checkpoint_dir=checkpoints))
+        erase(
+            pipe,
+            ["circle"],
+            config=AceConfig(**options, checkpoint_dir=checkpoints),
+            world=fast_world,
+        )
     monkeypatch.setattr(stage2, "add_noise", original)
-    resumed = erase(pipe, ["circle"], config=AceConfig(**options, checkpoint_dir=checkpoints))
+    resumed = erase(
+        pipe, ["circle"], config=AceConfig(**options, checkpoint_dir=checkpoints), world=fast_world
+    )
     assert resumed.stages[2].stats["losses"] == whole.stages[2].stats["losses"]
     assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
 
