@@ -601,6 +601,8 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        # CPU results are the same bytes for the same seed and the same thread count only
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 

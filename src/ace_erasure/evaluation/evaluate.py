@@ -452,4 +452,6 @@ def _versions() -> dict[str, str]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
+        # CPU results are the same bytes for the same seed and the same thread count only
+        "torch_threads": str(torch.get_num_threads()),
     }
