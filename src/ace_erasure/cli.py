@@ -267,7 +267,8 @@ def generate(
         rows, labels = [], []
         for i, prompt in enumerate(prompts):
             rows += [before[i * cols : (i + 1) * cols], images[i * cols : (i + 1) * cols]]
-            labels += [f"{prompt} — base model", f"{prompt} — without {names}"]
+            # ASCII separators: Pillow's default font has no dash glyphs
+            labels += [f"base model: {prompt}", f"without {names}: {prompt}"]
         grid = labelled_grid(rows, labels)
     else:
         grid = images[0] if len(images) == 1 else make_image_grid(images, len(prompts), cols)
