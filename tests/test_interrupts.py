@@ -145,3 +145,22 @@ def _baseline_cpu() -> float:
             time.sleep(0.02)
         _BASELINE.append(peak + 1.0)  # + loading a tiny model
     return _BASELINE[0]
+
+
+def test_ctrl_c_during_evaluate_exits_130_and_leaves_no_report(tmp_path):
+    erase = subprocess.run(
+        [sys.executable, "-m", "ace_erasure.cli", "erase", "--concept", "circle", "--out", "e"]
+        + ["--no-grid"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert erase.returncode == 0, erase.stderr
+    before = _files(tmp_path)
+    process = _start(["evaluate", "--erasure", "e", "--quick", "--out", "report"], tmp_path)
+    _signal_when_busy(process, signal.SIGINT, cpu=_baseline_cpu() + 4)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err == "error: interrupted (nothing was written)\n"
+    assert _files(tmp_path) == before  # no report, no temporary folder
