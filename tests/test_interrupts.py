@@ -148,9 +148,9 @@ def _baseline_cpu() -> float:
 
 
 def test_ctrl_c_during_evaluate_exits_130_and_leaves_no_report(tmp_path):
+    command = ["erase", "--concept", "circle", "--out", "e", "--no-grid"]
     erase = subprocess.run(
-        [sys.executable, "-m", "ace_erasure.cli", "erase", "--concept", "circle", "--out", "e"]
-        + ["--no-grid"],
+        [sys.executable, "-m", "ace_erasure.cli", *command],
         cwd=tmp_path,
         capture_output=True,
         text=True,
