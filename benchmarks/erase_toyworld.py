@@ -161,9 +161,12 @@ def summary_by_family(rows: list[dict]) -> dict[str, dict[str, float]]:
             out[family]["worst_specificity_drop"] = max(
                 r["acc_s_base"] - r["acc_s"] for r in chosen
             )
-            out[family]["worst_colour_drop"] = max(
-                r["attribute_acc_base"] - r["attribute_acc"] for r in chosen
-            )
+            drops = [
+                r["attribute_acc_base"] - r["attribute_acc"]
+                for r in chosen
+                if not np.isnan(r["attribute_acc"])
+            ]
+            out[family]["worst_colour_drop"] = max(drops) if drops else None
     return out
 
 
@@ -195,9 +198,11 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for family, s in summary_by_family(result["rows"]).items():
+        drop = s["worst_colour_drop"]
+        colour_drop = "–" if drop is None else f"{drop:+.3f}"
         lines.append(
             f"| {family} | {s['acc_e']:.3f} | {s['max_acc_e']:.3f} | {s['acc_g']:.3f} | {s['max_acc_g']:.3f} | "
-            f"{s['worst_specificity_drop']:+.3f} | {s['worst_colour_drop']:+.3f} | {s['H']:.3f} | {s['erase_seconds']:.2f} |"
+            f"{s['worst_specificity_drop']:+.3f} | {colour_drop} | {s['H']:.3f} | {s['erase_seconds']:.2f} |"
         )
     together = result.get("all_shapes_together")
     if together:
