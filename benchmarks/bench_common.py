@@ -13,11 +13,9 @@ and evaluated with ``ace_erasure.evaluation.evaluate`` on the same prompts and s
 
 Every (model, concept) is its own evaluation folder under ``--out`` (results.json + report.html)
 and is skipped when it exists, so a stopped run resumes where it stopped; the summary table is
-rebuilt from the folders every time.
-
-Every (model, concept) is its own evaluation folder (results.json + report.html) and is
-skipped when it exists, so a stopped run resumes where it stopped; the summary table is
-rebuilt from the folders every time.
+rebuilt from the folders every time. A run claims a (model, concept) while it works on it
+(a ``.<concept>.claim`` folder beside it), so several runs started with the same command
+share the work, one concept each, on a machine with more cores.
 """
 
 from __future__ import annotations
@@ -224,7 +222,17 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
             if (out / "results.json").is_file():
                 print(f"skip {out} (done)", flush=True)
                 continue
-            run_one(args, variants, folder, names, out)
+            claim = out.parent / f".{out.name}.claim"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                claim.mkdir()  # atomic: several runs can share the work
+            except FileExistsError:
+                print(f"skip {out} (another run is on it; remove {claim} if none is)", flush=True)
+                continue
+            try:
+                run_one(args, variants, folder, names, out)
+            finally:
+                claim.rmdir()
     rows = rows_from(args.out)
     summary = {"rows": rows, "attacks": args.attacks, "variants": args.variants}
     (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
