@@ -54,7 +54,6 @@ class AceConfig:
             changes that concept (‖G p‖² / ‖p‖² over its rows, normalised) and the edit is
             solved again, this many times. Specificity is judged per concept, so the mass goes
             where it is lost (ToyWorld: erasing "circle" also erased "hexagon").
-        preserve_focus: the damage enters that product raised to this power (0: no effect).
         anchor_push: push the targets past the anchor, away from the concept:
             a + anchor_push (a − t) (negative guidance in embedding space, as ESD does for noise).
             None = automatic: 0.5 for explicit content and wherever the anchor is the
@@ -145,9 +144,6 @@ class AceConfig:
     preserve_rounds: int = field(
         default=0, metadata={"help": "re-solves shifting preserve mass to harmed concepts"}
     )
-    preserve_focus: float = field(
-        default=1.0, metadata={"help": "exponent of the damage in that re-weighting"}
-    )
     anchor_push: float | None = field(
         default=None, metadata={"help": "push targets past the anchor (None: automatic)"}
     )
@@ -223,7 +219,6 @@ class AceConfig:
                 (self.gate_queries >= 1, "gate_queries must be >= 1"),
                 (self.preserve_general >= 0, "preserve_general must be >= 0"),
                 (self.preserve_rounds >= 0, "preserve_rounds must be >= 0"),
-                (self.preserve_focus >= 0, "preserve_focus must be >= 0"),
                 (self.anchor_push is None or self.anchor_push >= 0, "anchor_push must be >= 0"),
                 (self.token_gate_rank >= 1, "token_gate_rank must be >= 1"),
                 (self.token_gate_sharpness > 0, "token_gate_sharpness must be > 0"),

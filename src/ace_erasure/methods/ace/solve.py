@@ -33,7 +33,7 @@ def solve(fitter: RidgeEditFitter, preserve: PreserveSet, config: AceConfig) -> 
     own_change = float(((solution.edit @ target_gram) * solution.edit).sum() / target_gram.trace())
     first_change = preserve.change(solution.edit)
     for _ in range(config.preserve_rounds if len(preserve.names) > 1 else 0):
-        share = share * preserve.change(solution.edit).clamp(min=1e-300) ** config.preserve_focus
+        share = share * preserve.change(solution.edit).clamp(min=1e-300)
         share = share / share.sum()
         solution = fitter.solve(config.preserve_weight, config.ridge, preserve.gram(share))
     return Solved(solution, share, own_change, first_change)
