@@ -112,3 +112,14 @@ def test_bad_attack_configs():
         attack_config("cond", {"lr": float("nan")})
     with pytest.raises(ConfigError, match="as many prompts"):
         AttackTarget("c", ["a"], [1, 2], torch.zeros(1, 4, 8, 8))
+
+
+def test_prefix_length_follows_the_concept_kind():
+    # UnlearnDiffAtk: 5 tokens for objects and nudity, 3 for styles; what the user sets wins
+    assert attack_config("soft").k == 5
+    assert attack_config("soft", kind="object").k == 5
+    assert attack_config("soft", kind="explicit").k == 5
+    assert attack_config("soft", kind="style").k == 3
+    assert attack_config("random", kind="style").k == 3  # the soft attack's start
+    assert attack_config("soft", {"k": 4}, kind="style").k == 4
+    assert attack_config("hard", kind="style").k == 5  # PEZ keeps its own length

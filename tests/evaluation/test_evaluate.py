@@ -82,6 +82,7 @@ def test_evaluate_writes_results_and_a_report(monkeypatch, capsys, tmp_path):
     assert entry["concept"] == "square" and entry["metrics"]["acc_e_base"] == 1.0
     soft = entry["attacks"]["soft"]
     assert soft["n_pairs"] == 1 and len(soft["loss_curves"][0]) == 3
+    assert soft["config"]["k"] == 5 and soft["config"]["steps"] == 3  # what ran, for a shape
     assert soft["asr_unedited"] is not None and soft["asr_text_blind"] is not None
     for path in entry["images"]["before"] + entry["images"]["after"] + soft["images"]["attacked"]:
         assert (out / path).is_file()

@@ -47,14 +47,18 @@ def get_attack(name: str):
     return ATTACKS[name]
 
 
-def attack_config(name: str, options: dict | None = None):
-    """The config of attack ``name`` from a dict of its fields (a ConfigError for unknown ones)."""
-    cls = get_attack(name).config_class
+def attack_config(name: str, options: dict | None = None, kind: str | None = None):
+    """The config of attack ``name`` from a dict of its fields (a ConfigError for unknown ones).
+    With the erased concept's ``kind``, the attack's defaults for that kind apply first (the
+    soft-prompt attack uses 3 tokens for styles); ``options`` override them."""
+    attack = get_attack(name)
+    cls = attack.config_class
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options or {}) - known)
     if unknown:
         raise ConfigError(f"unknown {name} attack option(s): {', '.join(unknown)}")
-    return cls(**(options or {}))
+    defaults = getattr(attack, "kind_defaults", {}).get(kind, {}) if kind else {}
+    return cls(**(defaults | (options or {})))
 
 
 __all__ = [

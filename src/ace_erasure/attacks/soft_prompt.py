@@ -61,7 +61,8 @@ class SoftPrefix:
 @dataclass
 class SoftPromptConfig:
     """Args:
-    k: soft tokens before the prompt (UnlearnDiffAtk: 5 for objects / nudity, 3 for styles).
+    k: soft tokens before the prompt (UnlearnDiffAtk: 5 for objects / nudity, 3 for styles:
+        the default for a style concept is 3, see ``KIND_DEFAULTS``).
     steps: Adam steps (UnlearnDiffAtk: 40 per timestep block).
     lr: Adam learning rate (UnlearnDiffAtk: 0.01).
     weight_decay: Adam weight decay (UnlearnDiffAtk: 0.1).
@@ -98,9 +99,15 @@ def random_prefix(pipe, k: int, seed: int) -> SoftPrefix:
     return SoftPrefix(SoftTokens.random_vocabulary(pipe, k, torch.Generator().manual_seed(seed)))
 
 
+# UnlearnDiffAtk's prefix length: 5 tokens for objects and nudity, 3 for styles. A field set
+# by the user wins over these (``attack_config(name, options, kind)``).
+KIND_DEFAULTS = {"style": {"k": 3}}
+
+
 class SoftPromptAttack:
     name = "soft"
     config_class = SoftPromptConfig
+    kind_defaults = KIND_DEFAULTS
 
     def run(
         self, pipe, target: AttackTarget, config: SoftPromptConfig, *, seed: int, progress=None
@@ -149,6 +156,7 @@ class RandomPrefixControl:
 
     name = "random"
     config_class = RandomPrefixConfig
+    kind_defaults = KIND_DEFAULTS  # the soft-prompt attack's start, so its length
 
     def run(
         self, pipe, target: AttackTarget, config: RandomPrefixConfig, *, seed: int, progress=None

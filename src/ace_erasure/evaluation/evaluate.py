@@ -205,30 +205,29 @@ class _Run:
             self.references[suite.concept] = (pairs, target, rate)
         return self.references[suite.concept]
 
-    def attack(self, name: str, target, pairs: Pairs, options: dict) -> dict:
-        return attack_rate(
+    def attack(self, name: str, target, pairs: Pairs, kind: str) -> dict:
+        config = attack_config(name, self.settings.attack_options.get(name, {}), kind)
+        result = attack_rate(
             self.pipe,
             self.judge,
             name,
-            attack_config(name, options),
+            config,
             target,
             pairs,
             seed=self.settings.seed,
             progress=self.progress,
             **self.sharded,
         )
+        return result | {"config": dataclasses.asdict(config)}
 
-    def sanity_runs(self, name: str, suite: Suite) -> tuple[dict | None, dict | None]:
+    def sanity_runs(self, name: str, suite: Suite, kind: str) -> tuple[dict | None, dict | None]:
         """The attack on the unedited model and on the text-blind control (cached)."""
         pairs, target, _ = self.reference(suite)
-        options = self.settings.attack_options.get(name, {})
         key = (suite.concept, name, "unedited")
         if key not in self.sanity:
-            self.sanity[key] = self.attack(name, target, pairs, options)
+            self.sanity[key] = self.attack(name, target, pairs, kind)
             with text_blind(self.pipe):
-                self.sanity[(suite.concept, name, "blind")] = self.attack(
-                    name, target, pairs, options
-                )
+                self.sanity[(suite.concept, name, "blind")] = self.attack(name, target, pairs, kind)
         return self.sanity[key], self.sanity[(suite.concept, name, "blind")]
 
     # ------------------------------------------------------------------ one erasure
@@ -241,7 +240,9 @@ class _Run:
             base_outcomes, base_images = self.base_of(suite)
             pairs, target, unedited_rate = self.reference(suite)
             sanity = {
-                name: self.sanity_runs(name, suite) if self.settings.sanity else (None, None)
+                name: self.sanity_runs(name, suite, concept.kind)
+                if self.settings.sanity
+                else (None, None)
                 for name in self.settings.attacks
             }
             stem = f"e{index}_{_slug(concept.name)}"
@@ -252,8 +253,7 @@ class _Run:
                 )
                 attacked = {}
                 for name in self.settings.attacks:
-                    options = self.settings.attack_options.get(name, {})
-                    attacked[name] = self.attack(name, target, pairs, options)
+                    attacked[name] = self.attack(name, target, pairs, concept.kind)
             metrics = concept_metrics(suite, base_outcomes, erased_outcomes)
             named_keys = samples(number_samples(suite.named))[: self.settings.images_shown]
             attacks = {}
@@ -262,6 +262,7 @@ class _Run:
                 attacks[name] = {
                     "name": name,
                     "mode": run["mode"],
+                    "config": run["config"],
                     "asr": run["rate"],
                     "asr_any": sum(a or b for a, b in zip(run["hits"], no_attack_hits))
                     / len(run["hits"]),
