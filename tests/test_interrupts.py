@@ -28,6 +28,12 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI to the end."""
+    command = [sys.executable, "-m", "ace_erasure.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
 def _signal_when_busy(
     process: subprocess.Popen, sig: int, cpu: float, timeout: float = 120
 ) -> None:
@@ -90,24 +96,9 @@ def test_ctrl_c_during_erase_exits_130_and_writes_nothing(tiny_folder, tmp_path)
 
 
 def test_a_killed_erase_leaves_the_previous_erasure(tiny_folder, tmp_path):
-    first = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ace_erasure.cli",
-            "erase",
-            "--model",
-            str(tiny_folder),
-            "--concept",
-            "circle",
-            "--out",
-            "e",
-            "--no-grid",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    first = _run(
+        ["erase", "--model", str(tiny_folder), "--concept", "circle", "--out", "e", "--no-grid"],
+        tmp_path,
     )
     assert first.returncode == 0, first.stderr
     before = {p: (tmp_path / "e" / p).read_bytes() for p in _files(tmp_path / "e")}
@@ -148,14 +139,7 @@ def _baseline_cpu() -> float:
 
 
 def test_ctrl_c_during_evaluate_exits_130_and_leaves_no_report(tmp_path):
-    command = ["erase", "--concept", "circle", "--out", "e", "--no-grid"]
-    erase = subprocess.run(
-        [sys.executable, "-m", "ace_erasure.cli", *command],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    erase = _run(["erase", "--concept", "circle", "--out", "e", "--no-grid"], tmp_path)
     assert erase.returncode == 0, erase.stderr
     before = _files(tmp_path)
     process = _start(["evaluate", "--erasure", "e", "--quick", "--out", "report"], tmp_path)

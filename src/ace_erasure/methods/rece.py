@@ -106,15 +106,16 @@ class Rece:
         keys, guides = concept_keys(pipe, encode, concepts, config.templates)
         preserved = preserved_keys(pipe, encode, concepts, world, config.templates)
         gram = value_gram(pipe)
+        uce = config.uce()
         all_keys, all_guides = keys, guides
-        edit = uce_edit(all_keys, all_guides, preserved, config.uce())
+        edit = uce_edit(all_keys, all_guides, preserved, uce)
         norms = []
         for round_ in range(config.rounds):
             found = adversarial_embeddings(edit, gram, keys, config.adversarial_lambda)
             norms.append(float(found.norm(dim=1).mean() / keys.norm(dim=1).mean()))
             all_keys = torch.cat([all_keys, found])
             all_guides = torch.cat([all_guides, guides])
-            edit = uce_edit(all_keys, all_guides, preserved, config.uce())
+            edit = uce_edit(all_keys, all_guides, preserved, uce)
             if progress:
                 progress("rece rounds", round_ + 1, config.rounds)
         rank = numeric_rank(edit)
