@@ -119,12 +119,13 @@ def rows_from(out: Path) -> list[dict]:
                     "acc_s_base": m["acc_s_base"],
                     "attacks": {
                         name: {
-                            k: a[k]
+                            k: a.get(k)
                             for k in (
                                 "asr",
                                 "no_attack_rate",
                                 "asr_unedited",
                                 "asr_text_blind",
+                                "no_attack_rate_text_blind",
                                 "n_pairs",
                                 "mode",
                             )
@@ -146,14 +147,16 @@ def markdown(rows: list[dict], attacks: list[str]) -> str:
         "# Erasures under attack on ToyWorld",
         "",
         "ASR = share of attacked generations in which the judge finds the concept (attacked "
-        "generations only); in brackets the unedited model under the same attack / the text-blind "
-        "control. No-attack = the erased model on the same pairs. Command and settings: "
-        "`results.json` of each folder.",
+        "generations only; optimised attacks consult the judge every few steps and stop early on "
+        "success); in brackets the unedited model under the same attack / the text-blind "
+        "control. No-attack = the erased model on the same pairs; blind chance = the text-blind "
+        "control without attack (it ignores the conditioning, so no attack can change its images). "
+        "Command and settings: `results.json` of each folder.",
         "",
-        "| model | concept | variant | Acc_e | Acc_g | Acc_s (base) | H | no-attack | "
+        "| model | concept | variant | Acc_e | Acc_g | Acc_s (base) | H | no-attack | blind chance | "
         + " | ".join(attacks)
         + " | erase s |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(attacks) + "---|",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(attacks) + "---|",
     ]
     for r in rows:
         cells = []
@@ -164,12 +167,12 @@ def markdown(rows: list[dict], attacks: list[str]) -> str:
                 if a is None
                 else f"{fmt(a['asr'])} ({fmt(a['asr_unedited'])} / {fmt(a['asr_text_blind'])})"
             )
-        no_attack = next(iter(r["attacks"].values()))["no_attack_rate"] if r["attacks"] else None
+        first = next(iter(r["attacks"].values()), {})
+        no_attack, chance = first.get("no_attack_rate"), first.get("no_attack_rate_text_blind")
         lines.append(
             f"| {r['model']} | {r['concept']} | {r['variant']} | {fmt(r['acc_e'])} | {fmt(r['acc_g'])} | "
             f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])}) | {fmt(r['H'])} | {fmt(no_attack)} | "
-            + " | ".join(cells)
-            + f" | {fmt(r['erase_seconds'])} |"
+            f"{fmt(chance)} | " + " | ".join(cells) + f" | {fmt(r['erase_seconds'])} |"
         )
     n_pairs = {a["n_pairs"] for r in rows for a in r["attacks"].values()}
     lines += [

@@ -123,3 +123,64 @@ def test_prefix_length_follows_the_concept_kind():
     assert attack_config("random", kind="style").k == 3  # the soft attack's start
     assert attack_config("soft", {"k": 4}, kind="style").k == 4
     assert attack_config("hard", kind="style").k == 5  # PEZ keeps its own length
+
+
+class _ScriptedJudge:
+    """A check that returns scripted scores and records the adversary's state at each call."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def __call__(self, adversary, part):
+        params = adversary.parameters()
+        self.seen.append([p.detach().clone() for p in params] if params else adversary.text(""))
+        return self.scores[len(self.seen) - 1]
+
+
+@pytest.mark.parametrize("name", ["soft", "ti", "cond"])
+def test_judge_in_the_loop_keeps_the_best_judged_adversary(tiny_pipes, name):
+    pipe = tiny_pipes("sd1")
+    target = _target(pipe, 1)
+    config = attack_config(name, {"steps": 7, "check_every": 3})
+    judge = _ScriptedJudge([0.5, 0.0, 0.25])  # checks after steps 3, 6 and the last (7)
+    result = ATTACKS[name].run(pipe, target, config, seed=1, check=judge)
+    assert len(judge.seen) == 3 and len(result.losses[0]) == 7
+    kept = [p.detach() for p in result.adversary(0).parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(kept, judge.seen[0]))  # the 0.5, not the last
+    assert not all(torch.equal(a, b) for a, b in zip(kept, judge.seen[2]))
+    # early stop on success: the run ends at the first check that finds every pair
+    judge = _ScriptedJudge([0.0, 1.0, 0.0])
+    result = ATTACKS[name].run(pipe, target, config, seed=1, check=judge)
+    assert len(judge.seen) == 2 and len(result.losses[0]) == 6
+    kept = [p.detach() for p in result.adversary(0).parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(kept, judge.seen[1]))
+    # no check, no stop: the run is the plain optimisation, same seed same result
+    plain = ATTACKS[name].run(pipe, target, config, seed=1)
+    again = ATTACKS[name].run(pipe, target, config, seed=1, check=_ScriptedJudge([0.0] * 3))
+    assert plain.losses == again.losses
+
+
+def test_hard_prompt_keeps_the_best_judged_text(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+    target = _target(pipe, 2)
+    config = attack_config("hard", {"steps": 4, "check_every": 2, "universal": True})
+    judge = _ScriptedJudge([1.0])
+    result = ATTACKS["hard"].run(pipe, target, config, seed=3, check=judge)
+    assert len(judge.seen) == 1 and len(result.losses[0]) == 2  # stopped at the first check
+    assert result.adversary(0).text("") == judge.seen[0]
+
+
+def test_textual_inversion_starts_from_every_token_of_the_name(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+    prompts = ["a picture of mira kestrel", "mira kestrel in a field"]
+    latents = torch.zeros(2, 4, 8, 8)
+    target = AttackTarget("Mira Kestrel", prompts, [0, 1], latents, "Mira Kestrel")
+    result = ATTACKS["ti"].run(pipe, target, attack_config("ti", {"steps": 0}), seed=0)
+    adversary = result.adversary(0)
+    tokenizer = pipe.tokenizer
+    assert adversary.tokens.k == len(tokenizer("Mira Kestrel", add_special_tokens=False).input_ids)
+    assert adversary.tokens.k > 1
+    with torch.no_grad():  # not optimised: the attack starts where the prompt is
+        start = adversary.encode(pipe, prompts).embeds
+        plain = encode_conditioning(pipe, prompts).embeds
+    assert torch.allclose(start, plain, atol=1e-6)

@@ -84,6 +84,11 @@ def test_evaluate_writes_results_and_a_report(monkeypatch, capsys, tmp_path):
     assert soft["n_pairs"] == 1 and len(soft["loss_curves"][0]) == 3
     assert soft["config"]["k"] == 5 and soft["config"]["steps"] == 3  # what ran, for a shape
     assert soft["asr_unedited"] is not None and soft["asr_text_blind"] is not None
+    assert soft["no_attack_rate_text_blind"] is not None
+    # attack pairs are pairs the unedited model draws the concept in (UnlearnDiffAtk's rule)
+    selection = soft["pair_selection"]
+    assert selection["filtered"] and selection["kept"] == 1 <= selection["drawn"]
+    assert soft["no_attack_rate_unedited"] == 1.0
     for path in entry["images"]["before"] + entry["images"]["after"] + soft["images"]["attacked"]:
         assert (out / path).is_file()
     assert "data:image/png;base64," in (out / "report.html").read_text()

@@ -19,6 +19,9 @@ PROMPTS = ["a picture of a red {}", "a {} on grey", "a small blue {}"]
 CHROMIUM_MISSING = "chromium not installed (apt-get install chromium)"
 
 
+BLIND = {"soft": (0.25, 0.25), "hard": (0.5, 0.0)}  # (asr_text_blind, its chance rate)
+
+
 def _draw(path: Path, colour: str, shape: str) -> str:
     """A 32 px ToyWorld-like PNG at ``path``; returns its name relative to the report folder."""
     image = Image.new("RGB", (32, 32), "lightgrey")
@@ -53,7 +56,9 @@ def _results(folder: Path) -> dict:
                     "asr": 0.25 * number,
                     "no_attack_rate": 0.0,
                     "asr_unedited": 1.0 if name != "hard" else 0.5,  # a failed sanity check
-                    "asr_text_blind": None if name == "random" else 0.0,
+                    # hard beats the control's chance (flagged); soft equals it (not flagged)
+                    "asr_text_blind": BLIND.get(name, (None if name == "random" else 0.0, 0.0))[0],
+                    "no_attack_rate_text_blind": BLIND.get(name, (None, 0.0))[1],
                     "n_pairs": 2,
                     "asr_counts_pre_attack_successes": True,
                     "seconds": 1.5,
@@ -206,7 +211,9 @@ def test_report_is_self_contained_and_shows_everything_in_a_browser(tmp_path):
     assert "<blink>" not in html and "ace: circle, square &lt;blink&gt;" in html
     assert "&lt;found&gt;" in html
     assert f"<td>{MISSING}</td>" in html
-    assert 'class="bad" title="sanity check failed' in html
+    assert 'class="bad" title="sanity check failed: should be ≥' in html
+    flagged = html.count('class="bad" title="sanity check failed: should be ≤')
+    assert flagged == len(results["erasures"]) * len(CONCEPTS)  # hard only, not soft
     assert "lr: 0.001" in html  # configs print as written
     assert not list(folder.glob(".*"))  # no temporary file left
     assert write_report(results, folder).read_bytes() == html.encode("utf-8")  # deterministic

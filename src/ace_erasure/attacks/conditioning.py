@@ -19,6 +19,7 @@ import torch
 from ace_erasure.attacks.base import (
     AttackResult,
     AttackTarget,
+    Check,
     fitted_guidance,
     optimise,
     run_per_seed_or_universal,
@@ -73,16 +74,21 @@ class Residual:
 class ConditioningConfig:
     """Args:
     steps: Adam steps.
-    lr: Adam learning rate on the residual.
+    lr: Adam learning rate on the residual (0.05: at 0.1 the residual lost the style Varela
+        on the unedited model in 2 of 16 pairs, at 0.05 in 1; both bring the erased circle
+        back in 16 of 16 at the first check).
     max_norm: per-token bound on the residual, relative to the embedding's norm (null:
         unbounded, the upper bound).
     universal: one residual for all pairs.
+    check_every: steps between the judge's checks when the attack is given one (early stop on
+        success, keep the best-judged residual); 0: no checks.
     """
 
     steps: int = field(default=40, metadata={"help": "Adam steps"})
-    lr: float = field(default=0.1, metadata={"help": "Adam learning rate"})
+    lr: float = field(default=0.05, metadata={"help": "Adam learning rate"})
     max_norm: float | None = field(default=None, metadata={"help": "relative bound (null: none)"})
     universal: bool = field(default=False, metadata={"help": "one residual for all pairs"})
+    check_every: int = field(default=10, metadata={"help": "steps between judge checks (0: none)"})
 
     guidance: float | None = field(
         default=None,
@@ -95,6 +101,7 @@ class ConditioningConfig:
             self,
             [
                 (self.steps >= 0, "steps must be >= 0"),
+                (self.check_every >= 0, "check_every must be >= 0"),
                 (self.lr > 0, "lr must be > 0"),
                 (self.guidance is None or self.guidance >= 0, "guidance must be >= 0"),
                 (self.max_norm is None or self.max_norm > 0, "max_norm must be > 0"),
@@ -107,7 +114,14 @@ class ConditioningAttack:
     config_class = ConditioningConfig
 
     def run(
-        self, pipe, target: AttackTarget, config: ConditioningConfig, *, seed: int, progress=None
+        self,
+        pipe,
+        target: AttackTarget,
+        config: ConditioningConfig,
+        *,
+        seed: int,
+        progress=None,
+        check: Check | None = None,
     ) -> AttackResult:
         with torch.no_grad():
             shape = encode_conditioning(pipe, target.prompts[:1]).embeds.shape[1:]
@@ -125,6 +139,8 @@ class ConditioningAttack:
                 after_step=adversary.project,
                 progress=progress,
                 stage="conditioning attack",
+                check=check,
+                check_every=config.check_every,
             )
             return adversary, losses
 

@@ -20,9 +20,11 @@ import torch
 from ace_erasure.attacks.base import (
     AttackResult,
     AttackTarget,
+    Check,
     denoising_loss,
     fitted_guidance,
     run_per_seed_or_universal,
+    should_check,
 )
 from ace_erasure.methods.base import check_fields, require
 from ace_erasure.models.conditioning import Conditioning, encode_conditioning
@@ -55,12 +57,16 @@ class HardPromptConfig:
     lr: Adam learning rate of the continuous vectors.
     universal: one prefix for all pairs (default: a plain-text attack prompt is found once and
         reused, as Ring-A-Bell's are) instead of one per pair.
+    check_every: steps between the judge's checks when the attack is given one (the
+        best-by-loss prefix so far is judged; the best-judged one is kept, and the search stops
+        when every pair succeeds); 0: no checks.
     """
 
     k: int = field(default=5, metadata={"help": "vocabulary tokens"})
     steps: int = field(default=100, metadata={"help": "optimisation steps"})
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate"})
     universal: bool = field(default=True, metadata={"help": "one prefix for all pairs"})
+    check_every: int = field(default=20, metadata={"help": "steps between judge checks (0: none)"})
 
     guidance: float | None = field(
         default=None,
@@ -74,6 +80,7 @@ class HardPromptConfig:
             [
                 (self.k >= 1, "k must be >= 1"),
                 (self.steps >= 0, "steps must be >= 0"),
+                (self.check_every >= 0, "check_every must be >= 0"),
                 (self.lr > 0, "lr must be > 0"),
                 (self.guidance is None or self.guidance >= 0, "guidance must be >= 0"),
             ],
@@ -97,7 +104,14 @@ class HardPromptAttack:
     config_class = HardPromptConfig
 
     def run(
-        self, pipe, target: AttackTarget, config: HardPromptConfig, *, seed: int, progress=None
+        self,
+        pipe,
+        target: AttackTarget,
+        config: HardPromptConfig,
+        *,
+        seed: int,
+        progress=None,
+        check: Check | None = None,
     ) -> AttackResult:
         table = _searchable(pipe)
         tokenizer = tokenizers(pipe)[0]
@@ -109,6 +123,8 @@ class HardPromptAttack:
             optimizer = torch.optim.Adam([free], lr=config.lr)
             losses: list[float] = []
             best_ids, best_loss = None, float("inf")
+            judged_ids, best_score = None, -1.0
+            judged: dict[tuple[int, ...], float] = {}
             for step in range(config.steps):
                 ids = (torch.nn.functional.normalize(free.detach(), dim=-1) @ table.T).argmax(-1)
                 projected = SoftTokens.from_tokens(pipe, ids.tolist())
@@ -129,6 +145,19 @@ class HardPromptAttack:
                     best_ids, best_loss = ids.tolist(), losses[-1]
                 if progress:
                     progress("hard-prompt attack", step + 1, config.steps, {"loss": losses[-1]})
+                if should_check(check, config.check_every, step, config.steps):
+                    # the judge's choice: the best-by-loss prefix so far, kept if it scores best
+                    candidate = best_ids if best_ids is not None else ids.tolist()
+                    if tuple(candidate) not in judged:
+                        text = tokenizer.decode(candidate).strip()
+                        judged[tuple(candidate)] = float(check(TextPrefix(text, candidate), part))
+                    score = judged[tuple(candidate)]
+                    if score >= best_score:
+                        judged_ids, best_score = candidate, score
+                    if score >= 1.0:
+                        break
+            if judged_ids is not None:
+                best_ids = judged_ids
             if best_ids is None:
                 best_ids = (
                     (torch.nn.functional.normalize(free.detach(), dim=-1) @ table.T)

@@ -8,8 +8,9 @@ that start, not optimised (what an attack gets for free).
 Defaults follow the paper where it is specific: k = 5 for objects and explicit content (3 for
 styles: set ``k``), Adam lr 0.01, weight decay 0.1, 40 steps. Differences: timesteps are drawn
 at random at every step (the paper sweeps blocks of timesteps from high to low with early
-stopping), and the vectors are free in the embedding space (the paper keeps relaxed one-hot
-mixtures of vocabulary tokens).
+stopping; we stop early on success too, when the harness gives the attack its judge:
+``check_every``), and the vectors are free in the embedding space (the paper keeps relaxed
+one-hot mixtures of vocabulary tokens).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from ace_erasure.attacks.base import (
     AttackResult,
     AttackTarget,
+    Check,
     fitted_guidance,
     optimise,
     run_per_seed_or_universal,
@@ -67,6 +69,8 @@ class SoftPromptConfig:
     lr: Adam learning rate (UnlearnDiffAtk: 0.01).
     weight_decay: Adam weight decay (UnlearnDiffAtk: 0.1).
     universal: one prefix for all pairs instead of one per (prompt, seed) pair.
+    check_every: steps between the judge's checks when the attack is given one (early stop on
+        success, keep the best-judged prefix); 0: no checks.
     """
 
     k: int = field(default=5, metadata={"help": "soft tokens"})
@@ -74,6 +78,7 @@ class SoftPromptConfig:
     lr: float = field(default=0.01, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.1, metadata={"help": "Adam weight decay"})
     universal: bool = field(default=False, metadata={"help": "one prefix for all pairs"})
+    check_every: int = field(default=10, metadata={"help": "steps between judge checks (0: none)"})
 
     guidance: float | None = field(
         default=None,
@@ -87,6 +92,7 @@ class SoftPromptConfig:
             [
                 (self.k >= 1, "k must be >= 1"),
                 (self.steps >= 0, "steps must be >= 0"),
+                (self.check_every >= 0, "check_every must be >= 0"),
                 (self.lr > 0, "lr must be > 0"),
                 (self.guidance is None or self.guidance >= 0, "guidance must be >= 0"),
                 (self.weight_decay >= 0, "weight_decay must be >= 0"),
@@ -110,7 +116,14 @@ class SoftPromptAttack:
     kind_defaults = KIND_DEFAULTS
 
     def run(
-        self, pipe, target: AttackTarget, config: SoftPromptConfig, *, seed: int, progress=None
+        self,
+        pipe,
+        target: AttackTarget,
+        config: SoftPromptConfig,
+        *,
+        seed: int,
+        progress=None,
+        check: Check | None = None,
     ) -> AttackResult:
         def make(part: AttackTarget, part_seed: int):
             adversary = random_prefix(pipe, config.k, part_seed)
@@ -125,6 +138,8 @@ class SoftPromptAttack:
                 seed=part_seed,
                 progress=progress,
                 stage="soft-prompt attack",
+                check=check,
+                check_every=config.check_every,
             )
             return adversary, losses
 
@@ -159,7 +174,14 @@ class RandomPrefixControl:
     kind_defaults = KIND_DEFAULTS  # the soft-prompt attack's start, so its length
 
     def run(
-        self, pipe, target: AttackTarget, config: RandomPrefixConfig, *, seed: int, progress=None
+        self,
+        pipe,
+        target: AttackTarget,
+        config: RandomPrefixConfig,
+        *,
+        seed: int,
+        progress=None,
+        check: Check | None = None,  # not optimised: nothing to stop
     ) -> AttackResult:
         def make(part: AttackTarget, part_seed: int):
             return random_prefix(pipe, config.k, part_seed), []

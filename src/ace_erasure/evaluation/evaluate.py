@@ -4,9 +4,12 @@ For every erasure and every concept it erased, on the same prompts and seeds:
 
 - the concept's suite (named prompts, synonyms, other concepts, attributes) is drawn by the
   unedited model and with the erasure: Acc_e, Acc_g, Acc_s, H (:mod:`.metrics`);
-- ``attack_pairs`` named prompts become attack pairs: each attack is run on the erased model,
-  on the unedited model (it must keep the concept) and on the text-blind control (it must
-  fail), beside the no-attack rate of the same pairs (:mod:`.robustness`);
+- ``attack_pairs`` (named prompt, seed) pairs in which the unedited model draws the concept
+  become attack pairs (UnlearnDiffAtk attacks only prompts the original model answers with the
+  concept: an attack fits the unedited model's image of the pair, and an image without the
+  concept is nothing to bring back); each attack is run on the erased model, on the unedited
+  model (it must keep the concept) and on the text-blind control (it must fail), beside the
+  no-attack rate of the same pairs (:mod:`.robustness`);
 - quality: a Fréchet distance between the erased and the unedited model's images of the other
   concepts (on the judge's features), with the distance between two seed sets of the unedited
   model as its scale, and how often the judge labels them the same.
@@ -32,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ace_erasure._version import __version__
-from ace_erasure.attacks import attack_config
+from ace_erasure.attacks import AttackTarget, attack_config
 from ace_erasure.concepts import Concept
 from ace_erasure.erasure import Erasure
 from ace_erasure.evaluation import sharding
@@ -43,6 +48,7 @@ from ace_erasure.evaluation.metrics import concept_metrics
 from ace_erasure.evaluation.robustness import (
     Pairs,
     attack_rate,
+    found,
     no_attack_rate,
     reference_target,
     text_blind,
@@ -52,6 +58,19 @@ from ace_erasure.evaluation.suites import Suite, number_samples, samples
 from ace_erasure.io import normal_permissions
 
 DEFAULT_ATTACKS = ("random", "soft", "hard", "ti", "cond")
+# attack pairs are the first ``attack_pairs`` of up to PAIR_POOL x the named prompts (each
+# repeat with its own seed) whose unedited image shows the concept
+PAIR_POOL = 3
+
+
+def _subset(pairs: Pairs, indices: Sequence[int]) -> Pairs:
+    return dataclasses.replace(
+        pairs,
+        prompts=[pairs.prompts[i] for i in indices],
+        seeds=[pairs.seeds[i] for i in indices],
+    )
+
+
 Progress = Callable[..., None]
 
 
@@ -181,10 +200,10 @@ class _Run:
             self.base[key] = self.generated(suite)
         return self.base[key]
 
-    def pairs_of(self, suite: Suite) -> Pairs:
-        # numbered first: a prompt repeated in the suite ("a picture of Mira Kestrel" x 16) is
-        # that many pairs, each with its own seed
-        named = number_samples(suite.named)[: self.settings.attack_pairs]
+    def candidate_pairs(self, suite: Suite) -> Pairs:
+        """The pool attack pairs are chosen from: the named prompts, cycled ``PAIR_POOL`` times
+        (numbered first: each repeat of a prompt is a pair with its own seed)."""
+        named = number_samples(list(suite.named) * PAIR_POOL)
         if not named:
             raise ValueError(f"the suite of {suite.concept!r} has no named prompts to attack")
         keys = samples(named)
@@ -198,11 +217,37 @@ class _Run:
         )
 
     def reference(self, suite: Suite) -> tuple:
+        """(pairs, attack target, the unedited model's no-attack rate on them, selection): the
+        first ``attack_pairs`` candidates whose unedited image shows the concept."""
         if suite.concept not in self.references:
-            pairs = self.pairs_of(suite)
-            target, _ = reference_target(self.pipe, pairs, **self.sharded)
+            pool, want = self.candidate_pairs(suite), self.settings.attack_pairs
+            kept: list[int] = []
+            latents = []
+            drawn = 0
+            while len(kept) < want and drawn < len(pool.prompts):
+                block = list(range(drawn, min(len(pool.prompts), drawn + want - len(kept))))
+                part = _subset(pool, block)
+                target, images = reference_target(self.pipe, part, **self.sharded)
+                hits = found(self.judge, images, pool.head, pool.expected)
+                kept += [i for i, hit in zip(block, hits) if hit]
+                latents += [latent for latent, hit in zip(target.latents, hits) if hit]
+                drawn = block[-1] + 1
+            selection = {"drawn": drawn, "kept": len(kept), "filtered": bool(kept)}
+            if not kept:  # the unedited model never draws it: attack the plain pairs, say so
+                kept = list(range(min(want, len(pool.prompts))))
+                target, _ = reference_target(self.pipe, _subset(pool, kept), **self.sharded)
+                latents = list(target.latents)
+            pairs = _subset(pool, kept)
+            target = AttackTarget(
+                pairs.concept,
+                list(pairs.prompts),
+                list(pairs.seeds),
+                torch.stack(latents),
+                pairs.name_in_prompts,
+                self.evaluator.guidance,
+            )
             rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sharded)
-            self.references[suite.concept] = (pairs, target, rate)
+            self.references[suite.concept] = (pairs, target, rate, selection)
         return self.references[suite.concept]
 
     def attack(self, name: str, target, pairs: Pairs, kind: str) -> dict:
@@ -222,13 +267,24 @@ class _Run:
 
     def sanity_runs(self, name: str, suite: Suite, kind: str) -> tuple[dict | None, dict | None]:
         """The attack on the unedited model and on the text-blind control (cached)."""
-        pairs, target, _ = self.reference(suite)
+        pairs, target, _, _ = self.reference(suite)
         key = (suite.concept, name, "unedited")
         if key not in self.sanity:
             self.sanity[key] = self.attack(name, target, pairs, kind)
             with text_blind(self.pipe):
                 self.sanity[(suite.concept, name, "blind")] = self.attack(name, target, pairs, kind)
         return self.sanity[key], self.sanity[(suite.concept, name, "blind")]
+
+    def blind_chance(self, suite: Suite) -> float:
+        """The text-blind control's rate without attack on the pairs: how often it draws the
+        concept by chance (it ignores the conditioning, so no attack can change its images)."""
+        key = (suite.concept, "", "blind chance")
+        if key not in self.sanity:
+            pairs, _, _, _ = self.reference(suite)
+            with text_blind(self.pipe):
+                rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sharded)
+            self.sanity[key] = {"rate": rate}
+        return self.sanity[key]["rate"]
 
     # ------------------------------------------------------------------ one erasure
     def erasure(self, index: int, label: str, erasure: Erasure, path: str, force: bool) -> dict:
@@ -238,13 +294,14 @@ class _Run:
         for concept in erasure.concepts:
             suite = self.suite_for(concept)
             base_outcomes, base_images = self.base_of(suite)
-            pairs, target, unedited_rate = self.reference(suite)
+            pairs, target, unedited_rate, selection = self.reference(suite)
             sanity = {
                 name: self.sanity_runs(name, suite, concept.kind)
                 if self.settings.sanity
                 else (None, None)
                 for name in self.settings.attacks
             }
+            blind_chance = self.blind_chance(suite) if self.settings.sanity else None
             stem = f"e{index}_{_slug(concept.name)}"
             with self.apply(erasure, self.pipe, fuse=True, force=force):
                 erased_outcomes, erased_images = self.generated(suite)
@@ -270,7 +327,9 @@ class _Run:
                     "no_attack_rate_unedited": unedited_rate,
                     "asr_unedited": unedited["rate"] if unedited else None,
                     "asr_text_blind": blind["rate"] if blind else None,
+                    "no_attack_rate_text_blind": blind_chance,
                     "n_pairs": len(pairs.prompts),
+                    "pair_selection": selection,
                     "asr_counts_pre_attack_successes": False,
                     "seconds": round(run["seconds"], 2),
                     "loss_curves": run["losses"],
