@@ -184,3 +184,18 @@ def test_textual_inversion_starts_from_every_token_of_the_name(tiny_pipes):
         start = adversary.encode(pipe, prompts).embeds
         plain = encode_conditioning(pipe, prompts).embeds
     assert torch.allclose(start, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["soft", "hard", "ti", "cond"])
+def test_attacks_stop_at_once_on_a_model_that_ignores_the_conditioning(tiny_pipes, name):
+    from ace_erasure.evaluation.robustness import text_blind
+
+    pipe = tiny_pipes("sd1")
+    target = _target(pipe, 1)
+    config = attack_config(name, {"steps": 6, "check_every": 3})
+    judge = _ScriptedJudge([0.0] * 6)
+    with text_blind(pipe):  # exactly zero gradients: nothing to optimise
+        blind = ATTACKS[name].run(pipe, target, config, seed=1, check=judge)
+    assert len(blind.losses[0]) == 1 and len(judge.seen) == 1  # judged once, then stopped
+    seeing = ATTACKS[name].run(pipe, target, config, seed=1, check=_ScriptedJudge([0.0] * 6))
+    assert len(seeing.losses[0]) == 6  # the same attack on the model that sees its prompt

@@ -25,7 +25,9 @@ stops once every pair succeeds. The denoising loss alone is a poor guide: fitted
 reference image, a conditioning can lower it and still lose the concept once sampled with
 guidance (measured on ToyWorld: textual inversion on the unedited model kept the hazard in 1
 of 16 pairs). Without a check (as inside ACE stage 2 or AdvUnlearn) the attack runs all its
-steps and returns its last adversary.
+steps and returns its last adversary. A model that does not see the conditioning at all (the
+text-blind control) gives exactly zero gradients; the attack then stops after one step
+(:func:`conditioning_ignored`): its images cannot change.
 """
 
 from __future__ import annotations
@@ -231,18 +233,21 @@ def optimise(
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            ignored = conditioning_ignored(params)
             optimizer.step()
             if after_step is not None:
                 after_step()
             losses.append(round(float(loss.detach()), 6))
             if progress:
                 progress(stage, step + 1, steps, {"loss": losses[-1]})
-            if should_check(check, check_every, step, steps):
+            if should_check(check, check_every, step, steps) or (ignored and check is not None):
                 score = float(check(adversary, target))
                 if score >= best_score:
                     best_score, best = score, [p.detach().clone() for p in params]
                 if score >= 1.0:
                     break
+            if ignored:  # the model ignores this conditioning: there is nothing to optimise
+                break
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -251,6 +256,13 @@ def optimise(
             for p, kept in zip(params, best):
                 p.copy_(kept)
     return losses
+
+
+def conditioning_ignored(params: Sequence[torch.Tensor]) -> bool:
+    """True when the loss's gradient is exactly zero for every adversary parameter: the model
+    does not see this conditioning at all (the text-blind control, whose cross-attention values
+    are zero), so no step can change what it draws and the attack stops after one."""
+    return bool(params) and not any(p.grad is not None and bool(p.grad.any()) for p in params)
 
 
 def _model_parameters(pipe) -> list[torch.nn.Parameter]:

@@ -21,6 +21,7 @@ from ace_erasure.attacks.base import (
     AttackResult,
     AttackTarget,
     Check,
+    conditioning_ignored,
     denoising_loss,
     fitted_guidance,
     run_per_seed_or_universal,
@@ -139,13 +140,16 @@ class HardPromptAttack:
                 loss.backward()
                 optimizer.zero_grad(set_to_none=True)
                 free.grad = projected.vectors[0].grad  # straight-through to the free vectors
+                ignored = conditioning_ignored([free])
                 optimizer.step()
                 losses.append(round(float(loss.detach()), 6))
                 if losses[-1] < best_loss:
                     best_ids, best_loss = ids.tolist(), losses[-1]
                 if progress:
                     progress("hard-prompt attack", step + 1, config.steps, {"loss": losses[-1]})
-                if should_check(check, config.check_every, step, config.steps):
+                if should_check(check, config.check_every, step, config.steps) or (
+                    ignored and check is not None
+                ):
                     # the judge's choice: the best-by-loss prefix so far, kept if it scores best
                     candidate = best_ids if best_ids is not None else ids.tolist()
                     if tuple(candidate) not in judged:
@@ -156,6 +160,8 @@ class HardPromptAttack:
                         judged_ids, best_score = candidate, score
                     if score >= 1.0:
                         break
+                if ignored:  # the model does not see the prefix: nothing to search
+                    break
             if judged_ids is not None:
                 best_ids = judged_ids
             if best_ids is None:
