@@ -240,7 +240,7 @@ def optimise(
             losses.append(round(float(loss.detach()), 6))
             if progress:
                 progress(stage, step + 1, steps, {"loss": losses[-1]})
-            if should_check(check, check_every, step, steps) or (ignored and check is not None):
+            if check is not None and (ignored or should_check(check, check_every, step, steps)):
                 score = float(check(adversary, target))
                 if score >= best_score:
                     best_score, best = score, [p.detach().clone() for p in params]

@@ -147,8 +147,8 @@ class HardPromptAttack:
                     best_ids, best_loss = ids.tolist(), losses[-1]
                 if progress:
                     progress("hard-prompt attack", step + 1, config.steps, {"loss": losses[-1]})
-                if should_check(check, config.check_every, step, config.steps) or (
-                    ignored and check is not None
+                if check is not None and (
+                    ignored or should_check(check, config.check_every, step, config.steps)
                 ):
                     # the judge's choice: the best-by-loss prefix so far, kept if it scores best
                     candidate = best_ids if best_ids is not None else ids.tolist()

@@ -35,10 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ace_erasure._version import __version__
-from ace_erasure.attacks import AttackTarget, attack_config
+from ace_erasure.attacks import attack_config
 from ace_erasure.concepts import Concept
 from ace_erasure.erasure import Erasure
 from ace_erasure.evaluation import sharding
@@ -51,6 +49,7 @@ from ace_erasure.evaluation.robustness import (
     found,
     no_attack_rate,
     reference_target,
+    target_of,
     text_blind,
 )
 from ace_erasure.evaluation.sharding import Shards
@@ -238,14 +237,7 @@ class _Run:
                 target, _ = reference_target(self.pipe, _subset(pool, kept), **self.sharded)
                 latents = list(target.latents)
             pairs = _subset(pool, kept)
-            target = AttackTarget(
-                pairs.concept,
-                list(pairs.prompts),
-                list(pairs.seeds),
-                torch.stack(latents),
-                pairs.name_in_prompts,
-                self.evaluator.guidance,
-            )
+            target = target_of(pairs, latents, self.evaluator.guidance)
             rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sharded)
             self.references[suite.concept] = (pairs, target, rate, selection)
         return self.references[suite.concept]

@@ -72,17 +72,20 @@ def reference_target(
         return [(latent[0].float().cpu(), image)]
 
     drawn = (shards or SINGLE).map_blocks(list(zip(pairs.prompts, pairs.seeds)), 1, draw)
-    latents = [latent for latent, _ in drawn]
-    images = [image for _, image in drawn]
-    target = AttackTarget(
+    target = target_of(pairs, [latent for latent, _ in drawn], guidance)
+    return target, [image for _, image in drawn]
+
+
+def target_of(pairs: Pairs, latents: Sequence[torch.Tensor], guidance: float) -> AttackTarget:
+    """The attack target of ``pairs`` with their reference latents (one per pair)."""
+    return AttackTarget(
         pairs.concept,
         list(pairs.prompts),
         list(pairs.seeds),
-        torch.stack(latents),
+        torch.stack(list(latents)),
         pairs.name_in_prompts,
         guidance,
     )
-    return target, images
 
 
 def found(judge: Judge, images: Sequence, head: str, expected: str) -> list[bool]:
