@@ -53,13 +53,24 @@ Progress = Callable[..., None]
 Check = Callable[["Adversary", "AttackTarget"], float]
 
 
-def should_check(check: Check | None, check_every: int, step: int, steps: int) -> bool:
-    """Whether the attack consults its judge after ``step`` (0-based) of ``steps``."""
-    return (
-        check is not None
-        and check_every > 0
-        and ((step + 1) % check_every == 0 or step + 1 == steps)
-    )
+def should_check(check_every: int, step: int, steps: int) -> bool:
+    """Whether an attack with a judge consults it after ``step`` (0-based) of ``steps``."""
+    return check_every > 0 and ((step + 1) % check_every == 0 or step + 1 == steps)
+
+
+class BestJudged:
+    """The best-judged adversary state an attack has seen (ties: the later one)."""
+
+    def __init__(self) -> None:
+        self.score: float = -1.0
+        self.state: Any = None
+
+    def offer(self, state: Any, score: float) -> bool:
+        """Keep ``state`` if it scores at least as well as the best so far; True when every
+        pair succeeded (the attack stops)."""
+        if score >= self.score:
+            self.score, self.state = score, state
+        return score >= 1.0
 
 
 def fitted_guidance(config: Any, target: AttackTarget) -> float:
@@ -217,7 +228,7 @@ def optimise(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     losses = []
-    best_score, best = -1.0, None
+    best = BestJudged()
     frozen = [p for p in _model_parameters(pipe) if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -240,20 +251,18 @@ def optimise(
             losses.append(round(float(loss.detach()), 6))
             if progress:
                 progress(stage, step + 1, steps, {"loss": losses[-1]})
-            if check is not None and (ignored or should_check(check, check_every, step, steps)):
-                score = float(check(adversary, target))
-                if score >= best_score:
-                    best_score, best = score, [p.detach().clone() for p in params]
-                if score >= 1.0:
+            if check is not None and (ignored or should_check(check_every, step, steps)):
+                state = [p.detach().clone() for p in params]
+                if best.offer(state, float(check(adversary, target))):
                     break
             if ignored:  # the model ignores this conditioning: there is nothing to optimise
                 break
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    if best is not None:
+    if best.state is not None:
         with torch.no_grad():
-            for p, kept in zip(params, best):
+            for p, kept in zip(params, best.state):
                 p.copy_(kept)
     return losses
 

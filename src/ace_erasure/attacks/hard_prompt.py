@@ -20,6 +20,7 @@ import torch
 from ace_erasure.attacks.base import (
     AttackResult,
     AttackTarget,
+    BestJudged,
     Check,
     conditioning_ignored,
     denoising_loss,
@@ -124,7 +125,7 @@ class HardPromptAttack:
             optimizer = torch.optim.Adam([free], lr=config.lr)
             losses: list[float] = []
             best_ids, best_loss = None, float("inf")
-            judged_ids, best_score = None, -1.0
+            best = BestJudged()
             judged: dict[tuple[int, ...], float] = {}
             for step in range(config.steps):
                 ids = (torch.nn.functional.normalize(free.detach(), dim=-1) @ table.T).argmax(-1)
@@ -148,22 +149,19 @@ class HardPromptAttack:
                 if progress:
                     progress("hard-prompt attack", step + 1, config.steps, {"loss": losses[-1]})
                 if check is not None and (
-                    ignored or should_check(check, config.check_every, step, config.steps)
+                    ignored or should_check(config.check_every, step, config.steps)
                 ):
                     # the judge's choice: the best-by-loss prefix so far, kept if it scores best
                     candidate = best_ids if best_ids is not None else ids.tolist()
                     if tuple(candidate) not in judged:
                         text = tokenizer.decode(candidate).strip()
                         judged[tuple(candidate)] = float(check(TextPrefix(text, candidate), part))
-                    score = judged[tuple(candidate)]
-                    if score >= best_score:
-                        judged_ids, best_score = candidate, score
-                    if score >= 1.0:
+                    if best.offer(candidate, judged[tuple(candidate)]):
                         break
                 if ignored:  # the model does not see the prefix: nothing to search
                     break
-            if judged_ids is not None:
-                best_ids = judged_ids
+            if best.state is not None:
+                best_ids = best.state
             if best_ids is None:
                 best_ids = (
                     (torch.nn.functional.normalize(free.detach(), dim=-1) @ table.T)

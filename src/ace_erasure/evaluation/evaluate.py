@@ -164,6 +164,7 @@ class _Run:
         self.base: dict[tuple, Any] = {}
         self.references: dict[str, tuple] = {}
         self.sanity: dict[tuple[str, str, str], dict] = {}
+        self.blind_chances: dict[str, float] = {}
         if folder is not None:  # the main process writes; the others only compute
             (folder / "images").mkdir(parents=True, exist_ok=True)
 
@@ -221,23 +222,19 @@ class _Run:
         if suite.concept not in self.references:
             pool, want = self.candidate_pairs(suite), self.settings.attack_pairs
             kept: list[int] = []
-            latents = []
-            drawn = 0
-            while len(kept) < want and drawn < len(pool.prompts):
+            latents: list = []  # of every candidate drawn, in pool order
+            while len(kept) < want and len(latents) < len(pool.prompts):
+                drawn = len(latents)
                 block = list(range(drawn, min(len(pool.prompts), drawn + want - len(kept))))
-                part = _subset(pool, block)
-                target, images = reference_target(self.pipe, part, **self.sharded)
+                part, images = reference_target(self.pipe, _subset(pool, block), **self.sharded)
                 hits = found(self.judge, images, pool.head, pool.expected)
                 kept += [i for i, hit in zip(block, hits) if hit]
-                latents += [latent for latent, hit in zip(target.latents, hits) if hit]
-                drawn = block[-1] + 1
-            selection = {"drawn": drawn, "kept": len(kept), "filtered": bool(kept)}
+                latents += list(part.latents)
+            selection = {"drawn": len(latents), "kept": len(kept), "filtered": bool(kept)}
             if not kept:  # the unedited model never draws it: attack the plain pairs, say so
-                kept = list(range(min(want, len(pool.prompts))))
-                target, _ = reference_target(self.pipe, _subset(pool, kept), **self.sharded)
-                latents = list(target.latents)
+                kept = list(range(min(want, len(latents))))
             pairs = _subset(pool, kept)
-            target = target_of(pairs, latents, self.evaluator.guidance)
+            target = target_of(pairs, [latents[i] for i in kept], self.evaluator.guidance)
             rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sharded)
             self.references[suite.concept] = (pairs, target, rate, selection)
         return self.references[suite.concept]
@@ -270,13 +267,12 @@ class _Run:
     def blind_chance(self, suite: Suite) -> float:
         """The text-blind control's rate without attack on the pairs: how often it draws the
         concept by chance (it ignores the conditioning, so no attack can change its images)."""
-        key = (suite.concept, "", "blind chance")
-        if key not in self.sanity:
+        if suite.concept not in self.blind_chances:
             pairs, _, _, _ = self.reference(suite)
             with text_blind(self.pipe):
                 rate, _, _ = no_attack_rate(self.pipe, self.judge, pairs, **self.sharded)
-            self.sanity[key] = {"rate": rate}
-        return self.sanity[key]["rate"]
+            self.blind_chances[suite.concept] = rate
+        return self.blind_chances[suite.concept]
 
     # ------------------------------------------------------------------ one erasure
     def erasure(self, index: int, label: str, erasure: Erasure, path: str, force: bool) -> dict:
