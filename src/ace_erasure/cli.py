@@ -640,8 +640,9 @@ def compare(
     dtype: DtypeOption = "auto",
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Erase the same concepts with several methods and evaluate them side by side (one
-    report: tables, charts, image grids, H against the soft-prompt ASR)."""
+    """Erase the same concepts with several methods and evaluate them side by side.
+
+    One report: tables, charts, image grids, H against the soft-prompt ASR."""
     import dataclasses
     import shutil
     import tempfile

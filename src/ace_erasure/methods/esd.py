@@ -63,10 +63,11 @@ from ace_erasure.errors import ModelLoadError
 from ace_erasure.methods.ace.finetune import _Conditionings, draw_latents
 from ace_erasure.methods.base import Progress, check_fields, require
 from ace_erasure.models.conditioning import Conditioning, predict_noise
-from ace_erasure.models.plumbing import base_linear, cross_attention_layers
+from ace_erasure.models.plumbing import cross_attention_layers
 from ace_erasure.prompts import PromptWorld, spread
 from ace_erasure.training import lora
 from ace_erasure.training.diffusion import add_noise
+from ace_erasure.training.hooked_lora import module_ranks
 from ace_erasure.training.loop import Trainer
 
 CROSS_ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -163,19 +164,6 @@ def non_cross_attention_modules(pipe) -> list[str]:
     if not keys:
         raise ModelLoadError("this UNet has no transformer linears outside cross-attention")
     return keys
-
-
-def module_ranks(pipe, keys: Sequence[str], rank: int | None) -> dict[str, int]:
-    """The rank each module's LoRA may use: ``min(out, in)``, capped at ``rank``."""
-    ranks = {}
-    for key in keys:
-        component, path = key.split(".", 1)
-        out_features, in_features = base_linear(
-            getattr(pipe, component).get_submodule(path)
-        ).weight.shape
-        full = min(int(out_features), int(in_features))
-        ranks[key] = full if rank is None else min(rank, full)
-    return ranks
 
 
 def hold_extra_ranks_at_zero(down: dict[str, torch.Tensor], ranks: dict[str, int]) -> None:

@@ -137,3 +137,39 @@ def test_preserve_images_go_where_the_edit_does_damage():
     chosen = keep.choose(12)
     assert len(chosen) == 12 and chosen.count("a hexagon") > chosen.count("a star") >= 1
     assert chosen.count("a house") + chosen.count("a tree") == 6
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_text_encoder_lora_trains_beside_the_factors_and_loads_in_stock_diffusers(
+    tiny_pipes, fast_world, tmp_path, family
+):
+    pipe = tiny_pipes(family)
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    before = [{k: v.clone() for k, v in e.state_dict().items()} for e in encoders]
+    base = _image(pipe)
+    plain = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
+    tuned = erase(
+        pipe,
+        ["circle"],
+        config=AceConfig(**TINY | {"finetune_text_encoder_rank": 2}),
+        world=fast_world,
+    )
+    text_keys = [k for k in tuned.edits if k.startswith("text_encoder")]
+    assert text_keys and all(tuned.edits[k].rank <= 2 for k in text_keys)
+    assert not any(k.startswith("text_encoder") for k in plain.edits)
+    assert tuned.stages[2].stats["text_encoder_modules"] == len(text_keys)
+    # the encoder's LoRA changes what the UNet factors learn too
+    assert any(not torch.allclose(tuned.delta(k), plain.delta(k)) for k in plain.edits)
+    for encoder, state in zip(encoders, before):  # the hooks are gone, the weights as they were
+        assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in state.items())
+        linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
+        assert not any(m._forward_hooks for m in linears)
+    assert np.array_equal(_image(pipe), base)
+    tuned.save(tmp_path / "e")
+    with Erasure.load(tmp_path / "e").apply(pipe):
+        ours = _image(pipe)
+    pipe.load_lora_weights(str(tmp_path / "e"))
+    stock = _image(pipe)
+    pipe.unload_lora_weights()
+    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
+    assert np.array_equal(_image(pipe), base)

@@ -93,6 +93,11 @@ class AceConfig:
         finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise;
             None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content).
         finetune_rank: LoRA rank in stage 2 (None: stage 1's rank).
+        finetune_text_encoder_rank: rank of a LoRA on the text encoder's attention and MLP
+            linears, trained in stage 2 beside the cross-attention factors (0: none, the
+            paper's setting). A soft-prompt attack works through the text encoder, and a k/v
+            edit sees only its output; this lets stage 2 change the map from input tokens to
+            conditionings too, as AdvUnlearn does. Saved in the same diffusers LoRA.
         finetune_cache: cache the unedited model's images on disk (per base-model fingerprint;
             ``$ACE_ERASURE_CACHE`` or ``~/.cache/ace-erasure``).
         adversarial_every: run the inner soft-prompt attack every this many steps (0: none).
@@ -174,6 +179,9 @@ class AceConfig:
         default=None, metadata={"help": "ESD negative guidance η (None: automatic)"}
     )
     finetune_rank: int | None = field(default=None, metadata={"help": "stage-2 LoRA rank"})
+    finetune_text_encoder_rank: int = field(
+        default=0, metadata={"help": "stage-2 text-encoder LoRA rank (0: none)"}
+    )
     finetune_cache: bool = field(default=True, metadata={"help": "cache unedited images"})
     adversarial_every: int = field(default=10, metadata={"help": "inner attack period (0: off)"})
     adversarial_steps: int = field(default=10, metadata={"help": "inner attack steps"})
@@ -237,6 +245,7 @@ class AceConfig:
                     self.finetune_rank is None or self.finetune_rank >= 1,
                     "finetune_rank must be >= 1",
                 ),
+                (self.finetune_text_encoder_rank >= 0, "finetune_text_encoder_rank must be >= 0"),
                 (self.adversarial_every >= 0, "adversarial_every must be >= 0"),
                 (self.adversarial_steps >= 0, "adversarial_steps must be >= 0"),
                 (self.adversarial_tokens >= 1, "adversarial_tokens must be >= 1"),

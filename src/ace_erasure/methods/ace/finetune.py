@@ -15,12 +15,18 @@ The loss, per step:
 - preserve: ``λ_p ‖ε_θ'(x_t, t, p) − ε_θ(x_t, t, p)‖²`` on the preserve prompts' images;
 - gates: ``λ_g ‖g − g*‖²`` towards the closed-form gates.
 
+With ``finetune_text_encoder_rank`` > 0 a LoRA on the text encoders' linears
+(:class:`ace_erasure.training.hooked_lora.LinearLora`) trains too: the student's conditionings
+(plain and through the adversarial prefixes) are encoded again with gradients at every step,
+the teacher's without either adapter, and the inner attack works against the whole student.
+
 Resumable: with ``checkpoint_dir`` a killed run continues from its last checkpoint to the
 same bytes (the loop's generator, the optimiser and the adversaries are checkpointed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,11 +46,17 @@ from ace_erasure.methods.ace.config import AceConfig
 from ace_erasure.methods.ace.targets import anchor_push, concept_prompt_pairs
 from ace_erasure.models.conditioning import Conditioning, encode_conditioning, predict_noise
 from ace_erasure.models.embeddings import SoftTokens
-from ace_erasure.models.plumbing import fingerprint
+from ace_erasure.models.plumbing import ENCODER_ATTRIBUTES, fingerprint
 from ace_erasure.prompts import spread
 from ace_erasure.training import lora
 from ace_erasure.training.checkpoint import atomic_save
 from ace_erasure.training.diffusion import add_noise
+from ace_erasure.training.hooked_lora import (
+    LinearLora,
+    module_ranks,
+    requires_grad,
+    text_encoder_modules,
+)
 from ace_erasure.training.loop import Trainer
 
 
@@ -228,6 +240,27 @@ def finetune(
         else max(anchor_push(c, config) for c in concepts)
     )
     adapter = lora.attach(pipe, list(edits), rank, init=edits, seed=seed)
+    try:
+        text = (
+            LinearLora(
+                pipe,
+                module_ranks(pipe, text_encoder_modules(pipe), config.finetune_text_encoder_rank),
+                seed=seed + 2,
+            )
+            if config.finetune_text_encoder_rank
+            else None
+        )
+    except BaseException:
+        adapter.remove()
+        raise
+    text_params = list(text.factor_parameters().values()) if text else []
+
+    @contextlib.contextmanager
+    def teacher():
+        """The unedited model: both adapters off."""
+        with adapter.disabled(), text.disabled() if text else contextlib.nullcontext():
+            yield
+
     closed_gates = {f"{k}.gate": e.gate.float().clone() for k, e in edits.items()}
     conditionings = _Conditionings(pipe)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -257,16 +290,17 @@ def finetune(
                 examples.latents[row : row + 1],
                 guidance=guidance,
             )
-            optimise(
-                pipe,
-                adversary,
-                target,
-                steps=config.adversarial_steps,
-                lr=config.adversarial_lr,
-                seed=seed * 7919 + step * 31 + index,
-                guidance=guidance,
-                after_step=getattr(adversary, "project", None),
-            )
+            with requires_grad(text_params, False):
+                optimise(
+                    pipe,
+                    adversary,
+                    target,
+                    steps=config.adversarial_steps,
+                    lr=config.adversarial_lr,
+                    seed=seed * 7919 + step * 31 + index,
+                    guidance=guidance,
+                    after_step=getattr(adversary, "project", None),
+                )
         rounds["count"] += 1
 
     def loss_step(step: int, step_generator: torch.Generator) -> dict:
@@ -286,48 +320,63 @@ def finetune(
         noisy, _, timesteps = add_noise(pipe.scheduler, latents, step_generator)
         timesteps = timesteps.to(latents.device)
         n_plain_keep = len(keep_rows) - n_shield
-        plain = conditionings([examples.prompts[r] for r in erase_rows + keep_rows[:n_plain_keep]])
-        if pool:
-            with torch.no_grad():
-                shielded = keep_rows[n_plain_keep:]
-                chosen = [
-                    pool[int(i)]
-                    for i in torch.randint(
-                        len(pool), (len(adv_rows) + len(shielded),), generator=step_generator
-                    )
-                ]
+        plain_prompts = [examples.prompts[r] for r in erase_rows + keep_rows[:n_plain_keep]]
+        shielded = keep_rows[n_plain_keep:]
+        chosen = (
+            [
+                pool[int(i)]
+                for i in torch.randint(
+                    len(pool), (len(adv_rows) + len(shielded),), generator=step_generator
+                )
+            ]
+            if pool
+            else []
+        )
+        n_erase, n_adv = len(erase_rows), len(adv_rows)
+
+        def assemble(plain: Conditioning) -> Conditioning:
+            """Erase rows, adversarial rows, plain preserve rows, shielded preserve rows (the
+            prefixes fixed here), encoded by the text encoder as it is now."""
+            if not pool:
+                return plain
+            with requires_grad([p for a in pool for p in a.parameters()], False):
                 adversarial = Conditioning.cat(
                     [
                         a.encode(pipe, [examples.prompts[r]])
                         for a, r in zip(chosen, adv_rows + shielded)
                     ]
                 )
-            n_erase, n_adv = len(erase_rows), len(adv_rows)
             parts = [_rows(plain, 0, n_erase), _rows(adversarial, 0, n_adv)]
             parts.append(_rows(plain, n_erase, len(plain)))
             if shielded:
                 parts.append(_rows(adversarial, n_adv, len(adversarial)))
-            student_cond = Conditioning.cat(parts)
-        else:
-            student_cond = plain
+            return Conditioning.cat(parts)
+
+        if text is None:  # a frozen encoder: the student's conditioning is the teacher's
+            with torch.no_grad():
+                student_cond = teacher_cond = assemble(conditionings(plain_prompts))
+        else:  # through the encoder's LoRA, with gradients; the teacher's without it
+            student_cond = assemble(encode_conditioning(pipe, plain_prompts))
+            with torch.no_grad(), text.disabled():
+                teacher_cond = assemble(conditionings(plain_prompts))
         target_prompts = [examples.targets[r] for r in erase_rows + adv_rows + keep_rows]
-        targets_cond = conditionings(target_prompts)
+        with torch.no_grad(), teacher():
+            targets_cond = conditionings(target_prompts)
         if n_shield:  # the teacher sees the shielded preserve images through the prefix too
             n_before = len(erase_rows) + len(adv_rows) + n_plain_keep
             targets_cond = Conditioning.cat(
-                [_rows(targets_cond, 0, n_before), _rows(student_cond, n_before, len(rows))]
+                [_rows(targets_cond, 0, n_before), _rows(teacher_cond, n_before, len(rows))]
             )
-        with torch.no_grad(), adapter.disabled():
+        with torch.no_grad(), teacher():
             target = predict_noise(pipe, noisy, timesteps, targets_cond).float()
             if push and erase_rows:
                 n = len(erase_rows) + len(adv_rows)
                 concept_teacher = predict_noise(
-                    pipe, noisy[:n], timesteps[:n], _rows(student_cond, 0, n)
+                    pipe, noisy[:n], timesteps[:n], _rows(teacher_cond, 0, n)
                 ).float()
                 target[:n] = target[:n] - push * (concept_teacher - target[:n])
         prediction = predict_noise(pipe, noisy, timesteps, student_cond).float()
         errors = (prediction - target).square().flatten(1).mean(1)
-        n_erase, n_adv = len(erase_rows), len(adv_rows)
         erase_loss = errors[:n_erase].mean()
         adv_loss = errors[n_erase : n_erase + n_adv].mean() if n_adv else errors.new_zeros(())
         keep_loss = errors[n_erase + n_adv :].mean() if keep_rows else errors.new_zeros(())
@@ -368,6 +417,8 @@ def finetune(
         parameters = adapter.factor_parameters()
         if config.finetune_gates:
             parameters |= adapter.gate_parameters()
+        if text:
+            parameters |= text.factor_parameters()
         trainer = Trainer(
             parameters,
             steps=config.finetune_steps,
@@ -382,16 +433,30 @@ def finetune(
             extra_state=extra_state,
             load_extra_state=load_extra_state,
         )
-        state = trainer.run(loss_step)
+        # the encoders' own weights need no gradients when one flows through them
+        encoder_weights = [
+            p
+            for attribute in ENCODER_ATTRIBUTES
+            if text and getattr(pipe, attribute, None) is not None
+            for p in getattr(pipe, attribute).parameters()
+        ]
+        with requires_grad(encoder_weights, False):
+            state = trainer.run(loss_step)
         trained = adapter.edits()
+        if text:  # a module the conditioning never reaches (SDXL) keeps B = 0: left out
+            trained |= {k: e for k, e in text.edits().items() if bool(e.up.any())}
     finally:
         adapter.remove()
+        if text:
+            text.remove()
     record = StageRecord(
         "stage2_finetune",
         time.perf_counter() - start,
         {
             "steps": state.step,
             "rank": rank,
+            "text_encoder_rank": config.finetune_text_encoder_rank,
+            "text_encoder_modules": sum(k.startswith("text_encoder") for k in trained),
             "images": {"concept": len(concept_rows), "preserve": len(preserve_rows)},
             "adversarial_rounds": rounds["count"],
             "losses": state.log,
