@@ -21,6 +21,7 @@ import gc
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -159,6 +160,40 @@ def time_erase(pipe, concepts: list[str], method: str, config, repeats: int) -> 
     }
 
 
+def markdown(results: dict, override: dict | None) -> str:
+    """The table of ``results`` (what :func:`main` writes as JSON)."""
+    lines = [
+        "# Erase time: ACE stage 1 and the closed-form baselines (CPU, excluding model loading)",
+        "",
+        f"{results['torch_threads']} torch threads; median of {results['repeats']} runs (100-concept runs: "
+        f"{max(1, results['repeats'] // 3)}); peak RSS of the whole process {results['peak_rss_mb']:.0f} MB.",
+        "",
+        f"Command: `{results.get('command', 'python benchmarks/erase_speed.py')}`",
+        "",
+        "| model | config | concepts | seconds | targets | preserve | solve | gates | rank "
+        "| encoder passes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, entries in results["models"].items():
+        for name in results["configs"]:
+            for count, r in entries[name].items():
+                stages = r["stage_seconds_of_median_run"]
+                st = [
+                    f"{stages[k]:.2f}" if k in stages else "–"
+                    for k in ("targets", "preserve", "solve", "gates")
+                ]
+                lines.append(
+                    f"| {model} | {name} | {count} | {r['seconds_median']:.2f} | "
+                    + " | ".join(st)
+                    + f" | {r['rank']} | "
+                    f"{r['encoder_passes'] if r['encoder_passes'] is not None else '–'} |"
+                )
+    if override:
+        lines += ["", f"override: `{json.dumps(override)}`"]
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,6 +221,7 @@ def main() -> None:
         configs[name] = (name, build_config(name))
     results: dict = {
         "benchmark": "erase_speed",
+        "command": "python benchmarks/erase_speed.py " + " ".join(sys.argv[1:]),
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "configs": {k: {"method": m, **dataclasses.asdict(v)} for k, (m, v) in configs.items()},
@@ -227,36 +263,9 @@ def main() -> None:
     results["peak_rss_mb"] = peak_rss_mb()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [
-        "# ACE stage 1 erase time (CPU, excluding model loading)",
-        "",
-        f"{results['torch_threads']} torch threads; median of {args.repeats} runs (100-concept runs: "
-        f"{max(1, args.repeats // 3)}); peak RSS of the whole process {results['peak_rss_mb']:.0f} MB.",
-        "",
-        "| model | config | concepts | seconds | targets | preserve | solve | gates | rank "
-        "| encoder passes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model, entries in results["models"].items():
-        for name in configs:
-            for count, r in entries[name].items():
-                st = {
-                    k: r["stage_seconds_of_median_run"].get(k, float("nan"))
-                    for k in ("targets", "preserve", "solve", "gates")
-                }
-                lines.append(
-                    f"| {model} | {name} | {count} | {r['seconds_median']:.2f} | {st['targets']:.2f} | "
-                    f"{st['preserve']:.2f} | {st['solve']:.2f} | {st['gates']:.2f} | {r['rank']} | "
-                    f"{r['encoder_passes'] if r['encoder_passes'] is not None else '–'} |"
-                )
-    if "override" in configs:
-        lines += [
-            "",
-            f"override: `{json.dumps(parse_overrides(args.set))}`",
-        ]
-    lines.append("")
-    args.out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    table = markdown(results, parse_overrides(args.set) if args.set else None)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
