@@ -91,7 +91,11 @@ class AceConfig:
         finetune_gate_weight: λ_g pulling the gates towards their closed-form values.
         finetune_gates: train the gates too (else only the factors).
         finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise;
-            None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content).
+            None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content). 2 by
+            default: on circle and heart, both ToyWorlds, the soft-prompt ASR after stage 2
+            fell from 0.62 / 1.00 / 1.00 / 1.00 (None, i.e. 0 for shapes) to 0.00 / 0.00 / 0.25
+            / 0.38, with the other shapes within one image except seed 1's heart (3 of 18
+            lost); η 1 gave 0.12 / 0.50 / 0.62 / 1.00 (benchmarks/README.md).
         finetune_rank: LoRA rank in stage 2 (None: stage 1's rank).
         finetune_text_encoder_rank: rank of a LoRA on the text encoder's attention and MLP
             linears, trained in stage 2 beside the cross-attention factors (0: none, the
@@ -176,7 +180,7 @@ class AceConfig:
     finetune_gate_weight: float = field(default=0.1, metadata={"help": "λ_g (stage 2)"})
     finetune_gates: bool = field(default=True, metadata={"help": "train the gates"})
     finetune_push: float | None = field(
-        default=None, metadata={"help": "ESD negative guidance η (None: automatic)"}
+        default=2.0, metadata={"help": "ESD negative guidance η (None: stage 1's push)"}
     )
     finetune_rank: int | None = field(default=None, metadata={"help": "stage-2 LoRA rank"})
     finetune_text_encoder_rank: int = field(

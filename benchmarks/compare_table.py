@@ -1,0 +1,84 @@
+"""One table from several ``compare.py`` / ``robustness.py`` output folders (each a
+``--out`` of theirs): rows ordered by concept, model and first appearance of the variant.
+
+    python benchmarks/compare_table.py results/compare_closed_form results/compare_trained \\
+        --out results/compare_circle_heart.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench_common import rows_from
+
+
+def table(folders: list[Path]) -> str:
+    rows = [r for folder in folders for r in rows_from(folder)]
+    order: dict[str, int] = {}
+    for r in rows:
+        order.setdefault(r["variant"], len(order))
+    rows.sort(key=lambda r: (r["concept"], r["model"], order[r["variant"]]))
+    attacks = list(dict.fromkeys(a for r in rows for a in r["attacks"]))
+    lines = [
+        "| concept | model | method | Acc_e / Acc_g / Acc_s (base) | H | no attack | "
+        + " | ".join(f"{a} ASR" for a in attacks)
+        + " | erase s |",
+        "|---" * (7 + len(attacks)) + "|",
+    ]
+    for r in rows:
+        asr = [f"{r['attacks'][a]['asr']:.2f}" if a in r["attacks"] else "–" for a in attacks]
+        first = next(iter(r["attacks"].values()), {})
+        lines.append(
+            f"| {r['concept']} | {r['model']} | {r['variant']} | {r['acc_e']:.2f} / "
+            f"{r['acc_g']:.2f} / {r['acc_s']:.2f} ({r['acc_s_base']:.2f}) | {r['H']:.2f} | "
+            f"{first.get('no_attack_rate', float('nan')):.2f} | "
+            + " | ".join(asr)
+            + f" | {r['erase_seconds']:.0f} |"
+        )
+    # the sanity controls depend on the model, concept and pairs, not on the method
+    lines += [
+        "",
+        "Sanity controls (ASR on the unedited model / the text-blind control, its chance rate):",
+        "",
+        "| concept | model | " + " | ".join(attacks) + " |",
+        "|---" * (2 + len(attacks)) + "|",
+    ]
+    seen = set()
+    for r in rows:
+        if (r["concept"], r["model"]) in seen:
+            continue
+        seen.add((r["concept"], r["model"]))
+        cells = []
+        for a in attacks:
+            x = r["attacks"].get(a)
+            cells.append(
+                "–"
+                if x is None
+                else f"{x['asr_unedited']:.2f} / {x['asr_text_blind']:.2f} "
+                f"({x.get('no_attack_rate_text_blind', float('nan')):.2f})"
+            )
+        lines.append(f"| {r['concept']} | {r['model']} | " + " | ".join(cells) + " |")
+    n_pairs = sorted({x["n_pairs"] for r in rows for x in r["attacks"].values()})
+    modes = sorted({x["mode"] for r in rows for x in r["attacks"].values()})
+    lines += ["", f"Attack pairs per cell: {n_pairs}; mode: {', '.join(modes)}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    text = table(args.folders)
+    if args.out:
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
