@@ -94,7 +94,7 @@ class AceConfig:
             None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content). 2 by
             default: on circle and heart, both ToyWorlds, the soft-prompt ASR after stage 2
             fell from 0.62 / 1.00 / 1.00 / 1.00 (None, i.e. 0 for shapes) to 0.00 / 0.00 / 0.25
-            / 0.38, with the other shapes within one image except seed 1's heart (3 of 18
+            / 0.38, with the other shapes within one image except seed 1's heart (6 of 36
             lost); η 1 gave 0.12 / 0.50 / 0.62 / 1.00 (benchmarks/README.md).
         finetune_rank: LoRA rank in stage 2 (None: stage 1's rank).
         finetune_text_encoder_rank: rank of a LoRA on the text encoder's attention and MLP
