@@ -55,6 +55,15 @@ class NewToken:
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.tokens.vectors)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The vectors (for checkpoints and warm starts)."""
+        return {f"vectors.{i}": v.detach().clone() for i, v in enumerate(self.tokens.vectors)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for i, v in enumerate(self.tokens.vectors):
+                v.copy_(state[f"vectors.{i}"])
+
     def text(self, prompt: str) -> str | None:
         return None
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ace_erasure import AceConfig, Erasure, erase
+from ace_erasure.errors import ConfigError
 from ace_erasure.methods.ace import finetune as stage2
 from ace_erasure.methods.ace.finetune import PreservePrompts
 
@@ -173,3 +174,36 @@ def test_a_text_encoder_lora_trains_beside_the_factors_and_loads_in_stock_diffus
     pipe.unload_lora_weights()
     assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
     assert np.array_equal(_image(pipe), base)
+
+
+def test_a_token_space_inner_attack_replaces_the_name_and_resumes(
+    tiny_pipes, fast_world, tmp_path, monkeypatch
+):
+    pipe = tiny_pipes("sd1")
+    options = TINY | {"adversarial_space": "token", "finetune_steps": 4, "checkpoint_every": 1}
+    prefix = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
+    whole = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
+    record = whole.stages[2].stats
+    assert record["adversarial_rounds"] == 2 and record["losses"][0]["adversarial"] > 0
+    assert any(not torch.allclose(whole.delta(k), prefix.delta(k)) for k in prefix.edits)
+    # the adversaries' vectors are checkpointed: a killed run resumes to the same bytes
+    checkpoints = str(tmp_path / "ckpt")
+    calls = {"n": 0}
+    original = stage2.add_noise
+
+    def dies_at_the_fourth_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stage2, "add_noise", dies_at_the_fourth_step)
+    config = AceConfig(**options, checkpoint_dir=checkpoints)
+    with pytest.raises(Killed):
+        erase(pipe, ["circle"], config=config, world=fast_world)
+    monkeypatch.setattr(stage2, "add_noise", original)
+    resumed = erase(pipe, ["circle"], config=config, world=fast_world)
+    assert resumed.stages[2].stats["losses"] == record["losses"]
+    assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
+    with pytest.raises(ConfigError, match="one concept at a time"):
+        erase(pipe, ["circle", "star"], config=AceConfig(**options), world=fast_world)

@@ -107,7 +107,9 @@ class AceConfig:
         adversarial_every: run the inner soft-prompt attack every this many steps (0: none).
         adversarial_steps: Adam steps of each inner attack (warm-started from the last round).
         adversarial_space: where the inner attack works: "input" (soft tokens before the
-            prompt, the soft-prompt attack's space) or "conditioning" (a residual on the text
+            prompt, the soft-prompt attack's space), "token" (learned vectors in place of the
+            concept's name, textual inversion's space, started from the name's own tokens; one
+            concept at a time, on prompts naming it) or "conditioning" (a residual on the text
             encoder's output, bounded by ``adversarial_norm``).
         adversarial_norm: per-token bound of a conditioning-space residual, relative to the
             embedding's norm.
@@ -189,7 +191,7 @@ class AceConfig:
     finetune_cache: bool = field(default=True, metadata={"help": "cache unedited images"})
     adversarial_every: int = field(default=10, metadata={"help": "inner attack period (0: off)"})
     adversarial_steps: int = field(default=10, metadata={"help": "inner attack steps"})
-    adversarial_space: Literal["input", "conditioning"] = field(
+    adversarial_space: Literal["input", "token", "conditioning"] = field(
         default="input", metadata={"help": "inner attack space"}
     )
     adversarial_norm: float = field(

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,13 +41,15 @@ import torch
 from ace_erasure.attacks.base import AttackTarget, optimise
 from ace_erasure.attacks.conditioning import Residual
 from ace_erasure.attacks.soft_prompt import SoftPrefix
+from ace_erasure.attacks.textual_inversion import NewToken
 from ace_erasure.concepts import Concept, PromptPair
 from ace_erasure.erasure import ModuleEdit, StageRecord
+from ace_erasure.errors import ConfigError
 from ace_erasure.methods.ace.config import AceConfig
 from ace_erasure.methods.ace.targets import anchor_push, concept_prompt_pairs
 from ace_erasure.models.conditioning import Conditioning, encode_conditioning, predict_noise
 from ace_erasure.models.embeddings import SoftTokens
-from ace_erasure.models.plumbing import ENCODER_ATTRIBUTES, fingerprint
+from ace_erasure.models.plumbing import ENCODER_ATTRIBUTES, fingerprint, tokenizers
 from ace_erasure.prompts import spread
 from ace_erasure.training import lora
 from ace_erasure.training.checkpoint import atomic_save
@@ -265,7 +268,23 @@ def finetune(
     conditionings = _Conditionings(pipe)
     generator = torch.Generator().manual_seed(seed + 1)
 
+    # the rows an adversary can be put on: a learned replacement of the name ("token") needs
+    # the name in the prompt
+    token_space = config.adversarial_space == "token"
+    if token_space and len(concepts) != 1:
+        raise ConfigError("adversarial_space='token' erases one concept at a time")
+    attack_rows = (
+        [r for r in concept_rows if _names(examples.prompts[r], concepts[0].name)]
+        if token_space
+        else concept_rows
+    )
+    if not attack_rows:
+        raise ConfigError(f"no stage-2 prompt names {concepts[0].name!r} for a token attack")
+
     def new_adversary():
+        if token_space:
+            ids = tokenizers(pipe)[0](concepts[0].name, add_special_tokens=False).input_ids
+            return NewToken(SoftTokens.from_tokens(pipe, ids), concepts[0].name)
         if config.adversarial_space == "conditioning":
             shape = conditionings([examples.prompts[concept_rows[0]]]).embeds.shape[1:]
             return Residual(torch.zeros(shape), config.adversarial_norm)
@@ -280,9 +299,7 @@ def finetune(
         """The inner attack: every prefix of the pool, warm-started, against the student on
         one random concept image each."""
         for index, adversary in enumerate(pool):
-            row = concept_rows[
-                int(torch.randint(len(concept_rows), (1,), generator=step_generator))
-            ]
+            row = attack_rows[int(torch.randint(len(attack_rows), (1,), generator=step_generator))]
             target = AttackTarget(
                 "concept",
                 [examples.prompts[row]],
@@ -310,11 +327,13 @@ def finetune(
             rows[int(i)] for i in torch.randint(len(rows), (n,), generator=step_generator)
         ]
         erase_rows = pick(concept_rows, config.finetune_batch)
-        adv_rows = pick(concept_rows, config.finetune_batch) if pool else []
+        adv_rows = pick(attack_rows, config.finetune_batch) if pool else []
         keep_rows = pick(preserve_rows, config.finetune_batch) if preserve_rows else []
         # preserve images seen through an adversarial prefix keep their own target (the prefix
         # alone must not erase other concepts): the last ``n_shield`` preserve rows
-        n_shield = len(keep_rows) // 2 if pool and config.adversarial_preserve else 0
+        # (a name replacement has nothing to replace in a preserve prompt: no shield)
+        shield = pool and config.adversarial_preserve and not token_space
+        n_shield = len(keep_rows) // 2 if shield else 0
         rows = erase_rows + adv_rows + keep_rows
         latents = examples.latents[rows].to(pipe.unet.device, pipe.unet.dtype)
         noisy, _, timesteps = add_noise(pipe.scheduler, latents, step_generator)
@@ -464,6 +483,11 @@ def finetune(
         },
     )
     return trained, record
+
+
+def _names(prompt: str, name: str) -> bool:
+    """Whether ``name`` occurs in ``prompt`` as a whole word (case-insensitive)."""
+    return re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", prompt, re.IGNORECASE) is not None
 
 
 def _rows(cond: Conditioning, start: int, stop: int) -> Conditioning:
