@@ -205,5 +205,7 @@ def test_a_token_space_inner_attack_replaces_the_name_and_resumes(
     resumed = erase(pipe, ["circle"], config=config, world=fast_world)
     assert resumed.stages[2].stats["losses"] == record["losses"]
     assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
+    keys = set(pipe.unet.state_dict())
     with pytest.raises(ConfigError, match="one concept at a time"):
         erase(pipe, ["circle", "star"], config=AceConfig(**options), world=fast_world)
+    assert set(pipe.unet.state_dict()) == keys  # nothing left attached

@@ -228,12 +228,25 @@ def finetune(
 ) -> tuple[dict[str, ModuleEdit], StageRecord]:
     """Stage 2 from the stage-1 ``edits``; returns the trained edits and the stage record.
     ``steps`` / ``guidance`` are the sampling settings of the unedited images (the world's)."""
+    if config.adversarial_space == "token" and len(concepts) != 1:
+        raise ConfigError("adversarial_space='token' erases one concept at a time")
     start = time.perf_counter()
     examples = training_examples(
         pipe, concepts, preserve, config, seed, steps=steps, guidance=guidance
     )
     concept_rows = [i for i, c in enumerate(examples.concept_index) if c >= 0]
     preserve_rows = [i for i, c in enumerate(examples.concept_index) if c < 0]
+    # the rows an adversary can be put on: a learned replacement of the name ("token") needs
+    # the name in the prompt
+    token_space = config.adversarial_space == "token"
+    attack_rows = (
+        [r for r in concept_rows if _names(examples.prompts[r], concepts[0].name)]
+        if token_space
+        else concept_rows
+    )
+    if not attack_rows:
+        raise ConfigError(f"no stage-2 prompt names {concepts[0].name!r} for a token attack")
+
     rank = config.finetune_rank or max(e.rank for e in edits.values())
     # ESD's negative guidance on the erase target: as set, or (None) stage 1's automatic push
     # (0.5 for explicit content, past the anchor: the hazard needed it in closed form too)
@@ -267,19 +280,6 @@ def finetune(
     closed_gates = {f"{k}.gate": e.gate.float().clone() for k, e in edits.items()}
     conditionings = _Conditionings(pipe)
     generator = torch.Generator().manual_seed(seed + 1)
-
-    # the rows an adversary can be put on: a learned replacement of the name ("token") needs
-    # the name in the prompt
-    token_space = config.adversarial_space == "token"
-    if token_space and len(concepts) != 1:
-        raise ConfigError("adversarial_space='token' erases one concept at a time")
-    attack_rows = (
-        [r for r in concept_rows if _names(examples.prompts[r], concepts[0].name)]
-        if token_space
-        else concept_rows
-    )
-    if not attack_rows:
-        raise ConfigError(f"no stage-2 prompt names {concepts[0].name!r} for a token attack")
 
     def new_adversary():
         if token_space:
