@@ -52,12 +52,10 @@ class SoftPrefix:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The vectors (for checkpoints and warm starts)."""
-        return {f"vectors.{i}": v.detach().clone() for i, v in enumerate(self.tokens.vectors)}
+        return self.tokens.vector_state()
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for i, v in enumerate(self.tokens.vectors):
-                v.copy_(state[f"vectors.{i}"])
+        self.tokens.load_vector_state(state)
 
 
 @dataclass

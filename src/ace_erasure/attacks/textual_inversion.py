@@ -28,11 +28,20 @@ from ace_erasure.models.embeddings import PLACEHOLDER, SoftTokens
 from ace_erasure.models.plumbing import tokenizers
 
 
+def _name_pattern(name: str) -> re.Pattern[str]:
+    """``name`` as a whole word, case-insensitive."""
+    return re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])", re.IGNORECASE)
+
+
+def mentions_name(prompt: str, name: str) -> bool:
+    """Whether :func:`replace_name` finds ``name`` in ``prompt``."""
+    return _name_pattern(name).search(prompt) is not None
+
+
 def replace_name(prompt: str, name: str, placeholder: str = PLACEHOLDER) -> str:
     """``prompt`` with the whole-word, case-insensitive occurrences of ``name`` replaced by
     ``placeholder``."""
-    pattern = re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])", re.IGNORECASE)
-    replaced, count = pattern.subn(placeholder, prompt)
+    replaced, count = _name_pattern(name).subn(placeholder, prompt)
     if not count:
         raise ConfigError(f"textual inversion: {name!r} does not occur in the prompt {prompt!r}")
     return replaced
@@ -57,12 +66,10 @@ class NewToken:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The vectors (for checkpoints and warm starts)."""
-        return {f"vectors.{i}": v.detach().clone() for i, v in enumerate(self.tokens.vectors)}
+        return self.tokens.vector_state()
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for i, v in enumerate(self.tokens.vectors):
-                v.copy_(state[f"vectors.{i}"])
+        self.tokens.load_vector_state(state)
 
     def text(self, prompt: str) -> str | None:
         return None

@@ -169,13 +169,6 @@ def retain_images(
     return ConceptImages(draw_images(pipe, prompts, seed, world, first=first), prompts)
 
 
-def _nonzero(edits: dict[str, ModuleEdit]) -> dict[str, ModuleEdit]:
-    """The edits that change something: a module the conditioning never reaches (SDXL reads
-    the first encoder's penultimate layer, so its last layer gets no gradient) keeps B = 0."""
-    kept = {k: e for k, e in edits.items() if bool(e.up.any())}
-    return kept or edits
-
-
 @torch.enable_grad()
 def train_advunlearn(
     pipe,
@@ -309,7 +302,7 @@ def train_advunlearn(
                 ),
             )
             state = trainer.run(loss_step)
-            edits = _nonzero(adapter.edits())
+            edits = adapter.reached_edits() or adapter.edits()
         finally:
             adapter.remove()
     record = StageRecord(

@@ -127,6 +127,16 @@ class SoftTokens(nn.Module):
         ids = torch.randint(0, vocab - 2, (k,), generator=generator).tolist()
         return cls.from_tokens(pipe, ids)
 
+    def vector_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the vectors, ``vectors.<i>`` (for checkpoints and warm starts)."""
+        return {f"vectors.{i}": v.detach().clone() for i, v in enumerate(self.vectors)}
+
+    def load_vector_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the vectors from :meth:`vector_state`'s output."""
+        with torch.no_grad():
+            for i, v in enumerate(self.vectors):
+                v.copy_(state[f"vectors.{i}"])
+
     def prompt(self, text: str, position: str = "prefix") -> str:
         """``text`` with the k placeholders before it ("prefix") or after it ("suffix")."""
         placeholders = " ".join([PLACEHOLDER] * self.k)

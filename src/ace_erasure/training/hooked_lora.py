@@ -120,6 +120,12 @@ class LinearLora:
             for key in self.down
         }
 
+    def reached_edits(self) -> dict[str, ModuleEdit]:
+        """:meth:`edits` without those still at B = 0: a module the conditioning never reaches
+        (SDXL reads the first encoder's penultimate layer, so its last layer gets no
+        gradient) changes nothing."""
+        return {k: e for k, e in self.edits().items() if bool(e.up.any())}
+
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
         """Within the block the pipeline is the frozen base model (the teacher)."""

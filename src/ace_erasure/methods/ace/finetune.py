@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import torch
 from ace_erasure.attacks.base import AttackTarget, optimise
 from ace_erasure.attacks.conditioning import Residual
 from ace_erasure.attacks.soft_prompt import SoftPrefix
-from ace_erasure.attacks.textual_inversion import NewToken
+from ace_erasure.attacks.textual_inversion import NewToken, mentions_name
 from ace_erasure.concepts import Concept, PromptPair
 from ace_erasure.erasure import ModuleEdit, StageRecord
 from ace_erasure.errors import ConfigError
@@ -240,7 +239,7 @@ def finetune(
     # the name in the prompt
     token_space = config.adversarial_space == "token"
     attack_rows = (
-        [r for r in concept_rows if _names(examples.prompts[r], concepts[0].name)]
+        [r for r in concept_rows if mentions_name(examples.prompts[r], concepts[0].name)]
         if token_space
         else concept_rows
     )
@@ -462,8 +461,8 @@ def finetune(
         with requires_grad(encoder_weights, False):
             state = trainer.run(loss_step)
         trained = adapter.edits()
-        if text:  # a module the conditioning never reaches (SDXL) keeps B = 0: left out
-            trained |= {k: e for k, e in text.edits().items() if bool(e.up.any())}
+        if text:
+            trained |= text.reached_edits()
     finally:
         adapter.remove()
         if text:
@@ -483,11 +482,6 @@ def finetune(
         },
     )
     return trained, record
-
-
-def _names(prompt: str, name: str) -> bool:
-    """Whether ``name`` occurs in ``prompt`` as a whole word (case-insensitive)."""
-    return re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", prompt, re.IGNORECASE) is not None
 
 
 def _rows(cond: Conditioning, start: int, stop: int) -> Conditioning:
