@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
+    missing = [str(f) for f in args.folders if not any(f.glob("*/*/results.json"))]
+    if missing:
+        parser.error(f"no <model>/<concept>/results.json under {', '.join(missing)}")
     text = table(args.folders)
     if args.out:
         tmp = args.out.with_suffix(".tmp")
