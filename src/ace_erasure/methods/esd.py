@@ -54,12 +54,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import nn
 
 from ace_erasure.attacks.base import unconditional
 from ace_erasure.concepts import Concept, prompt_pairs
 from ace_erasure.erasure import Erasure, ModuleEdit, StageRecord
-from ace_erasure.errors import ModelLoadError
 from ace_erasure.methods.ace.finetune import _Conditionings, draw_latents
 from ace_erasure.methods.base import Progress, check_fields, require
 from ace_erasure.models.conditioning import Conditioning, predict_noise
@@ -67,7 +65,7 @@ from ace_erasure.models.plumbing import cross_attention_layers
 from ace_erasure.prompts import PromptWorld, spread
 from ace_erasure.training import lora
 from ace_erasure.training.diffusion import add_noise
-from ace_erasure.training.hooked_lora import module_ranks
+from ace_erasure.training.hooked_lora import module_ranks, non_cross_attention_modules
 from ace_erasure.training.loop import Trainer
 
 CROSS_ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -145,25 +143,6 @@ def cross_attention_modules(pipe) -> list[str]:
         for name, _ in cross_attention_layers(pipe.unet)
         for projection in CROSS_ATTENTION_PROJECTIONS
     ]
-
-
-def non_cross_attention_modules(pipe) -> list[str]:
-    """Every linear of the UNet's transformers except the cross-attention ones (ESD-u):
-    ``proj_in`` / ``proj_out`` where linear, self-attention and feed-forward layers."""
-    cross = {name for name, _ in cross_attention_layers(pipe.unet)}
-    keys = []
-    for name, module in pipe.unet.named_modules():
-        if getattr(module, "transformer_blocks", None) is None:
-            continue
-        for path, sub in module.named_modules(prefix=name):
-            if not isinstance(sub, nn.Linear) or any(path.startswith(f"{c}.") for c in cross):
-                continue
-            local = path[len(name) + 1 :]
-            if local in ("proj_in", "proj_out") or local.startswith("transformer_blocks."):
-                keys.append(f"unet.{path}")
-    if not keys:
-        raise ModelLoadError("this UNet has no transformer linears outside cross-attention")
-    return keys
 
 
 def hold_extra_ranks_at_zero(down: dict[str, torch.Tensor], ranks: dict[str, int]) -> None:

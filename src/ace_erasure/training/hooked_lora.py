@@ -1,5 +1,6 @@
 """A LoRA ``W + B A`` on chosen plain linears of a pipeline, through forward hooks, and the
-text-encoder linears it is put on (AdvUnlearn, ACE stage 2's optional text-encoder LoRA).
+linears it is put on: the text encoder's (AdvUnlearn, ACE stage 2's optional text-encoder LoRA)
+and the UNet's outside cross-attention (ESD-u, ACE stage 2's optional UNet LoRA).
 
 Hooks rather than :func:`ace_erasure.training.lora.attach`: that goes through transformers'
 ``add_adapter`` / ``disable_adapters``, which transformers 5.x refuses below PEFT 0.22. Hooks
@@ -18,7 +19,7 @@ from torch.nn import functional as F
 
 from ace_erasure.erasure import ModuleEdit
 from ace_erasure.errors import ModelLoadError
-from ace_erasure.models.plumbing import ENCODER_ATTRIBUTES, base_linear
+from ace_erasure.models.plumbing import ENCODER_ATTRIBUTES, base_linear, cross_attention_layers
 
 # the linears of a CLIP encoder layer ("encoder.layers.3.self_attn.q_proj"; older transformers
 # put them under "text_model.")
@@ -42,6 +43,25 @@ def text_encoder_modules(pipe) -> list[str]:
         ]
     if not keys:
         raise ModelLoadError("this pipeline's text encoder has no CLIP encoder layers to train")
+    return keys
+
+
+def non_cross_attention_modules(pipe) -> list[str]:
+    """Every linear of the UNet's transformers except the cross-attention ones (ESD-u):
+    ``proj_in`` / ``proj_out`` where linear, self-attention and feed-forward layers."""
+    cross = {name for name, _ in cross_attention_layers(pipe.unet)}
+    keys = []
+    for name, module in pipe.unet.named_modules():
+        if getattr(module, "transformer_blocks", None) is None:
+            continue
+        for path, sub in module.named_modules(prefix=name):
+            if not isinstance(sub, nn.Linear) or any(path.startswith(f"{c}.") for c in cross):
+                continue
+            local = path[len(name) + 1 :]
+            if local in ("proj_in", "proj_out") or local.startswith("transformer_blocks."):
+                keys.append(f"unet.{path}")
+    if not keys:
+        raise ModelLoadError("this UNet has no transformer linears outside cross-attention")
     return keys
 
 

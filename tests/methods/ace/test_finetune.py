@@ -176,6 +176,40 @@ def test_a_text_encoder_lora_trains_beside_the_factors_and_loads_in_stock_diffus
     assert np.array_equal(_image(pipe), base)
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers(
+    tiny_pipes, fast_world, tmp_path, family
+):
+    pipe = tiny_pipes(family)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    base = _image(pipe)
+    plain = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
+    tuned = erase(
+        pipe, ["circle"], config=AceConfig(**TINY | {"finetune_unet_rank": 2}), world=fast_world
+    )
+    extra = sorted(set(tuned.edits) - set(plain.edits))
+    assert extra and all(tuned.edits[k].rank <= 2 for k in extra)
+    # ESD-u's modules: self-attention, feed-forward, proj_in/out, never cross-attention
+    assert not any(".attn2." in k for k in extra)
+    assert any(".attn1." in k for k in extra) and any(".ff." in k for k in extra)
+    record = tuned.stages[2].stats
+    assert record["unet_modules"] == len(extra) and record["unet_rank"] == 2
+    assert set(record["gates"]) == {k for k in plain.edits if k.endswith("to_k")}
+    assert any(not torch.allclose(tuned.delta(k), plain.delta(k)) for k in plain.edits)
+    # the hooks are gone, the weights as they were
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())
+    assert not any(m._forward_hooks for m in pipe.unet.modules() if isinstance(m, torch.nn.Linear))
+    assert np.array_equal(_image(pipe), base)
+    tuned.save(tmp_path / "e")
+    with Erasure.load(tmp_path / "e").apply(pipe):
+        ours = _image(pipe)
+    pipe.load_lora_weights(str(tmp_path / "e"))
+    stock = _image(pipe)
+    pipe.unload_lora_weights()
+    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
+    assert np.array_equal(_image(pipe), base)
+
+
 def test_a_token_space_inner_attack_replaces_the_name_and_resumes(
     tiny_pipes, fast_world, tmp_path, monkeypatch
 ):

@@ -102,6 +102,13 @@ class AceConfig:
             paper's setting). A soft-prompt attack works through the text encoder, and a k/v
             edit sees only its output; this lets stage 2 change the map from input tokens to
             conditionings too, as AdvUnlearn does. Saved in the same diffusers LoRA.
+        finetune_unet_rank: rank of a LoRA on the UNet's transformer linears outside
+            cross-attention (self-attention, feed-forward, linear ``proj_in/out``: ESD-u's
+            modules), trained in stage 2 beside the cross-attention factors (0: none, the
+            paper's setting). A key/value edit leaves the UNet able to draw the concept from
+            some other conditioning (textual inversion finds one); this lets stage 2 change
+            what the UNet draws, not only what the text reaches. Saved in the same diffusers
+            LoRA.
         finetune_cache: cache the unedited model's images on disk (per base-model fingerprint;
             ``$ACE_ERASURE_CACHE`` or ``~/.cache/ace-erasure``).
         adversarial_every: run the inner soft-prompt attack every this many steps (0: none).
@@ -188,6 +195,9 @@ class AceConfig:
     finetune_text_encoder_rank: int = field(
         default=0, metadata={"help": "stage-2 text-encoder LoRA rank (0: none)"}
     )
+    finetune_unet_rank: int = field(
+        default=0, metadata={"help": "stage-2 LoRA rank outside cross-attention (0: none)"}
+    )
     finetune_cache: bool = field(default=True, metadata={"help": "cache unedited images"})
     adversarial_every: int = field(default=10, metadata={"help": "inner attack period (0: off)"})
     adversarial_steps: int = field(default=10, metadata={"help": "inner attack steps"})
@@ -252,6 +262,7 @@ class AceConfig:
                     "finetune_rank must be >= 1",
                 ),
                 (self.finetune_text_encoder_rank >= 0, "finetune_text_encoder_rank must be >= 0"),
+                (self.finetune_unet_rank >= 0, "finetune_unet_rank must be >= 0"),
                 (self.adversarial_every >= 0, "adversarial_every must be >= 0"),
                 (self.adversarial_steps >= 0, "adversarial_steps must be >= 0"),
                 (self.adversarial_tokens >= 1, "adversarial_tokens must be >= 1"),

@@ -19,6 +19,8 @@ With ``finetune_text_encoder_rank`` > 0 a LoRA on the text encoders' linears
 (:class:`ace_erasure.training.hooked_lora.LinearLora`) trains too: the student's conditionings
 (plain and through the adversarial prefixes) are encoded again with gradients at every step,
 the teacher's without either adapter, and the inner attack works against the whole student.
+With ``finetune_unet_rank`` > 0 a LoRA on the UNet's transformer linears outside
+cross-attention (ESD-u's modules) trains too, the same way; the teacher is without it.
 
 Resumable: with ``checkpoint_dir`` a killed run continues from its last checkpoint to the
 same bytes (the loop's generator, the optimiser and the adversaries are checkpointed).
@@ -56,6 +58,7 @@ from ace_erasure.training.diffusion import add_noise
 from ace_erasure.training.hooked_lora import (
     LinearLora,
     module_ranks,
+    non_cross_attention_modules,
     requires_grad,
     text_encoder_modules,
 )
@@ -255,25 +258,31 @@ def finetune(
         else max(anchor_push(c, config) for c in concepts)
     )
     adapter = lora.attach(pipe, list(edits), rank, init=edits, seed=seed)
+    text = unet = None
     try:
-        text = (
-            LinearLora(
-                pipe,
-                module_ranks(pipe, text_encoder_modules(pipe), config.finetune_text_encoder_rank),
-                seed=seed + 2,
-            )
-            if config.finetune_text_encoder_rank
-            else None
-        )
+        if config.finetune_text_encoder_rank:
+            keys = text_encoder_modules(pipe)
+            ranks = module_ranks(pipe, keys, config.finetune_text_encoder_rank)
+            text = LinearLora(pipe, ranks, seed=seed + 2)
+        if config.finetune_unet_rank:
+            keys = non_cross_attention_modules(pipe)
+            ranks = module_ranks(pipe, keys, config.finetune_unet_rank)
+            unet = LinearLora(pipe, ranks, seed=seed + 3)
     except BaseException:
         adapter.remove()
+        if text:
+            text.remove()
         raise
-    text_params = list(text.factor_parameters().values()) if text else []
+    hooked = [h for h in (text, unet) if h is not None]
+    hooked_params = [p for h in hooked for p in h.factor_parameters().values()]
 
     @contextlib.contextmanager
     def teacher():
-        """The unedited model: both adapters off."""
-        with adapter.disabled(), text.disabled() if text else contextlib.nullcontext():
+        """The unedited model: every adapter off."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(adapter.disabled())
+            for h in hooked:
+                stack.enter_context(h.disabled())
             yield
 
     closed_gates = {f"{k}.gate": e.gate.float().clone() for k, e in edits.items()}
@@ -306,7 +315,7 @@ def finetune(
                 examples.latents[row : row + 1],
                 guidance=guidance,
             )
-            with requires_grad(text_params, False):
+            with requires_grad(hooked_params, False):
                 optimise(
                     pipe,
                     adversary,
@@ -435,8 +444,8 @@ def finetune(
         parameters = adapter.factor_parameters()
         if config.finetune_gates:
             parameters |= adapter.gate_parameters()
-        if text:
-            parameters |= text.factor_parameters()
+        for h in hooked:
+            parameters |= h.factor_parameters()
         trainer = Trainer(
             parameters,
             steps=config.finetune_steps,
@@ -461,12 +470,12 @@ def finetune(
         with requires_grad(encoder_weights, False):
             state = trainer.run(loss_step)
         trained = adapter.edits()
-        if text:
-            trained |= text.reached_edits()
+        for h in hooked:
+            trained |= h.reached_edits()
     finally:
         adapter.remove()
-        if text:
-            text.remove()
+        for h in hooked:
+            h.remove()
     record = StageRecord(
         "stage2_finetune",
         time.perf_counter() - start,
@@ -475,10 +484,12 @@ def finetune(
             "rank": rank,
             "text_encoder_rank": config.finetune_text_encoder_rank,
             "text_encoder_modules": sum(k.startswith("text_encoder") for k in trained),
+            "unet_rank": config.finetune_unet_rank,
+            "unet_modules": len(unet.reached_edits()) if unet else 0,
             "images": {"concept": len(concept_rows), "preserve": len(preserve_rows)},
             "adversarial_rounds": rounds["count"],
             "losses": state.log,
-            "gates": {k: v.gate.tolist() for k, v in trained.items() if k.endswith("to_k")},
+            "gates": {k: trained[k].gate.tolist() for k in edits if k.endswith("to_k")},
         },
     )
     return trained, record
