@@ -59,10 +59,12 @@ def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(
     record = tuned.stages[2].stats
     assert len(record["losses"]) == 3 and record["adversarial_rounds"] == 2
     assert set(record["losses"][0]) == {"loss", "erase", "adversarial", "preserve", "gate"}
-    changed = [k for k in tuned.edits if not torch.allclose(tuned.delta(k), closed.delta(k))]
+    changed = [k for k in closed.edits if not torch.allclose(tuned.delta(k), closed.delta(k))]
     assert changed and any(
-        not torch.equal(e.gate, closed.edits[k].gate) for k, e in tuned.edits.items()
+        not torch.equal(tuned.edits[k].gate, e.gate) for k, e in closed.edits.items()
     )
+    # and, by default, a LoRA on the UNet's linears outside cross-attention beside them
+    assert record["unet_modules"] == len(set(tuned.edits) - set(closed.edits)) > 0
     assert set(pipe.unet.state_dict()) == set(before)  # the adapter is gone
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())
     tuned.save(tmp_path / "e")
@@ -183,9 +185,10 @@ def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     base = _image(pipe)
-    plain = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
+    options = TINY | {"finetune_unet_rank": 0}
+    plain = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
     tuned = erase(
-        pipe, ["circle"], config=AceConfig(**TINY | {"finetune_unet_rank": 2}), world=fast_world
+        pipe, ["circle"], config=AceConfig(**options | {"finetune_unet_rank": 2}), world=fast_world
     )
     extra = sorted(set(tuned.edits) - set(plain.edits))
     assert extra and all(tuned.edits[k].rank <= 2 for k in extra)

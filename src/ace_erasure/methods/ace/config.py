@@ -108,7 +108,10 @@ class AceConfig:
             paper's setting). A key/value edit leaves the UNet able to draw the concept from
             some other conditioning (textual inversion finds one); this lets stage 2 change
             what the UNet draws, not only what the text reaches. Saved in the same diffusers
-            LoRA.
+            LoRA. 16 by default: on heart, both ToyWorlds (16 pairs), textual-inversion ASR
+            0.94 / 0.81 → 0.31 / 0.44, soft prompt 0.25 / 0.44 → 0.00 / 0.31, Acc_s 0.97 /
+            0.83 → 1.00 / 1.00; circle within a pair of the k/v-only stage 2
+            (benchmarks/README.md, "What lets textual inversion through on heart").
         finetune_cache: cache the unedited model's images on disk (per base-model fingerprint;
             ``$ACE_ERASURE_CACHE`` or ``~/.cache/ace-erasure``).
         adversarial_every: run the inner soft-prompt attack every this many steps (0: none).
@@ -196,7 +199,7 @@ class AceConfig:
         default=0, metadata={"help": "stage-2 text-encoder LoRA rank (0: none)"}
     )
     finetune_unet_rank: int = field(
-        default=0, metadata={"help": "stage-2 LoRA rank outside cross-attention (0: none)"}
+        default=16, metadata={"help": "stage-2 LoRA rank outside cross-attention (0: none)"}
     )
     finetune_cache: bool = field(default=True, metadata={"help": "cache unedited images"})
     adversarial_every: int = field(default=10, metadata={"help": "inner attack period (0: off)"})
