@@ -20,12 +20,41 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A shell runs a background job (``cmd &``)
+    with SIGINT ignored, its children inherit that, and Python then installs no Ctrl-C
+    handler: the test is about our handler, not about how the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "ace_erasure.cli", *args]
-    return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
+    _STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left():
+    """A failed test must not leave its CLI process running (and loading the machine)."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
