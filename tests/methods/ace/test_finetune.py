@@ -42,6 +42,19 @@ def _image(pipe):
     return np.asarray(out.images[0])
 
 
+def _assert_stock_diffusers_draws_the_same(pipe, erasure, tmp_path, base) -> None:
+    """Saved, the erasure loads in stock diffusers to the images our ``apply`` gives (not the
+    base's), and unloading restores the base image."""
+    erasure.save(tmp_path / "e")
+    with Erasure.load(tmp_path / "e").apply(pipe):
+        ours = _image(pipe)
+    pipe.load_lora_weights(str(tmp_path / "e"))
+    stock = _image(pipe)
+    pipe.unload_lora_weights()
+    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
+    assert np.array_equal(_image(pipe), base)
+
+
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(
     tiny_pipes, fast_world, tmp_path, family
@@ -67,14 +80,7 @@ def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(
     assert record["unet_modules"] == len(set(tuned.edits) - set(closed.edits)) > 0
     assert set(pipe.unet.state_dict()) == set(before)  # the adapter is gone
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())
-    tuned.save(tmp_path / "e")
-    with Erasure.load(tmp_path / "e").apply(pipe):
-        ours = _image(pipe)
-    pipe.load_lora_weights(str(tmp_path / "e"))
-    stock = _image(pipe)
-    pipe.unload_lora_weights()
-    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
-    assert np.array_equal(_image(pipe), base)
+    _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 
 def test_unedited_images_are_cached(tiny_pipes, tmp_path):
@@ -168,14 +174,7 @@ def test_a_text_encoder_lora_trains_beside_the_factors_and_loads_in_stock_diffus
         linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
         assert not any(m._forward_hooks for m in linears)
     assert np.array_equal(_image(pipe), base)
-    tuned.save(tmp_path / "e")
-    with Erasure.load(tmp_path / "e").apply(pipe):
-        ours = _image(pipe)
-    pipe.load_lora_weights(str(tmp_path / "e"))
-    stock = _image(pipe)
-    pipe.unload_lora_weights()
-    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
-    assert np.array_equal(_image(pipe), base)
+    _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
@@ -203,14 +202,7 @@ def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())
     assert not any(m._forward_hooks for m in pipe.unet.modules() if isinstance(m, torch.nn.Linear))
     assert np.array_equal(_image(pipe), base)
-    tuned.save(tmp_path / "e")
-    with Erasure.load(tmp_path / "e").apply(pipe):
-        ours = _image(pipe)
-    pipe.load_lora_weights(str(tmp_path / "e"))
-    stock = _image(pipe)
-    pipe.unload_lora_weights()
-    assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
-    assert np.array_equal(_image(pipe), base)
+    _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 
 def test_a_token_space_inner_attack_replaces_the_name_and_resumes(

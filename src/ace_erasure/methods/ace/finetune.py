@@ -485,7 +485,7 @@ def finetune(
             "text_encoder_rank": config.finetune_text_encoder_rank,
             "text_encoder_modules": sum(k.startswith("text_encoder") for k in trained),
             "unet_rank": config.finetune_unet_rank,
-            "unet_modules": len(unet.reached_edits()) if unet else 0,
+            "unet_modules": sum(k.startswith("unet.") and k not in edits for k in trained),
             "images": {"concept": len(concept_rows), "preserve": len(preserve_rows)},
             "adversarial_rounds": rounds["count"],
             "losses": state.log,
