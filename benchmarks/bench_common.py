@@ -209,16 +209,25 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args()
-    for name in args.attacks:
-        attack_config(name)
-    variants = [parse_variant(v) for v in args.variants]
-    for _, method, options in variants:
-        build_config(method, options)  # a bad variant fails now, not after an hour
     from ace_erasure.toyworld.vocab import vocabulary
 
-    for model in args.model or ["bundled"]:
+    # bad input fails now, in one line, not after an hour
+    try:
+        for name in args.attacks:
+            attack_config(name)
+        variants = [parse_variant(v) for v in args.variants]
+        for _, method, options in variants:
+            build_config(method, options)
+        labels = {model: model_label(model_folder(model)) for model in args.model or ["bundled"]}
+        for concept in args.concepts:
+            if concept != "all-shapes":
+                ToyWorld().resolve(concept)
+    except ace_erasure.errors.AceError as error:
+        parser.error(str(error))
+
+    for model, model_name in labels.items():
         folder = model_folder(model)
-        label = model_label(folder).replace(" ", "")
+        label = model_name.replace(" ", "")
         for concept in args.concepts:
             names = list(vocabulary().shapes) if concept == "all-shapes" else [concept]
             out = args.out / label / concept.replace(" ", "-")

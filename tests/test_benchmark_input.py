@@ -1,0 +1,38 @@
+"""The benchmark scripts check their whole command line before the first erasure: a bad
+attack, variant, model folder or concept is one ``error:`` line and exit code 2, not a
+traceback after an hour of work, and nothing is written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--attacks", "soft", "conditioning"], "unknown attack 'conditioning'"),
+        (["--variants", "x=ace:stage=3"], "stage must be one of 1, 2"),
+        (["--variants", "x=nomethod"], "unknown method 'nomethod'"),
+        (["--model", "/nonexistent/toyworld"], "does not exist"),
+        (["--concepts", "circle", "octopus"], "'octopus' is not in ToyWorld's vocabulary"),
+    ],
+)
+def test_a_bad_benchmark_command_line_fails_at_once_in_one_line(
+    arguments, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_common import main
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["robustness.py", *arguments, "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main("robustness", ["stage 1=ace:stage=1"], out)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists()
