@@ -35,6 +35,7 @@ from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
 from ace_erasure.toyworld.assets import bundled_dir, manifest
 from ace_erasure.toyworld.world import ToyWorld
+from ace_erasure.training.checkpoint import atomic_write_text
 
 CONCEPTS = ("circle", "heart", "Varela", "Mira Kestrel", "hazard")
 HERE = Path(__file__).parent
@@ -247,7 +248,9 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
                 claim.rmdir()
     rows = rows_from(args.out)
     summary = {"rows": rows, "attacks": args.attacks, "variants": args.variants}
-    (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(
+        args.out.parent / f"{args.out.name}.json", json.dumps(summary, indent=2) + "\n"
+    )
     table = markdown(rows, args.attacks)
-    (args.out.parent / f"{args.out.name}.md").write_text(table)
+    atomic_write_text(args.out.parent / f"{args.out.name}.md", table)
     print(table)

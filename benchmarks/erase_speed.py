@@ -31,6 +31,7 @@ import ace_erasure
 from ace_erasure import AceConfig, erase
 from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
+from ace_erasure.training.checkpoint import atomic_write_text
 
 # 100 everyday object names (erased together in the 100-concept run)
 OBJECTS = [
@@ -262,9 +263,9 @@ def main() -> None:
             }
     results["peak_rss_mb"] = peak_rss_mb()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     table = markdown(results, parse_overrides(args.set) if args.set else None)
-    args.out.with_suffix(".md").write_text(table)
+    atomic_write_text(args.out.with_suffix(".md"), table)
     print(table)
 
 

@@ -42,6 +42,7 @@ from ace_erasure.toyworld.assets import bundled_dir, manifest
 from ace_erasure.toyworld.suites import multi_shape_suite
 from ace_erasure.toyworld.vocab import vocabulary
 from ace_erasure.toyworld.world import ToyWorld
+from ace_erasure.training.checkpoint import atomic_write_text
 
 FAMILIES = ("shapes", "styles", "characters", "hazard")
 
@@ -247,31 +248,51 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).parent / "results" / "erase_toyworld"
     )
     args = parser.parse_args()
-    overrides = parse_overrides(args.set)
-    if args.sweep:
-        key, values = args.sweep.split("=", 1)
-        summaries, cache = {}, {}
-        for value in values.split(","):
-            config = build_config(
-                args.method, overrides=overrides | parse_overrides([f"{key}={value}"])
+    # bad input fails now, in one line, before the first erasure
+    try:
+        overrides = parse_overrides(args.set)
+        if args.sweep and "=" not in args.sweep:
+            raise ace_erasure.errors.UsageError(f"--sweep {args.sweep!r}: expected key=v1,v2,...")
+        key, _, values = (args.sweep or "").partition("=")
+        configs = (
+            [
+                build_config(args.method, overrides=overrides | parse_overrides([f"{key}={value}"]))
+                for value in values.split(",")
+            ]
+            if args.sweep
+            else [build_config(args.method, overrides=overrides)]
+        )
+        manifest(args.model)  # a ToyWorld folder
+        members = {*vocabulary().shapes, *vocabulary().style_names}
+        members |= {*vocabulary().character_names, vocabulary().hazard_name}
+        unknown = [name for name in args.only or [] if name not in members]
+        if unknown:
+            raise ace_erasure.errors.ConceptError(
+                f"--only: not a ToyWorld concept: {', '.join(unknown)}"
             )
+    except ace_erasure.errors.AceError as error:
+        parser.error(str(error))
+    if args.sweep:
+        summaries, cache = {}, {}
+        for value, config in zip(values.split(","), configs):
             result = run(args, config, cache)
             summaries[value] = summary_by_family(result["rows"]) | {
                 "all_shapes": result["all_shapes_together"]
             }
             print(json.dumps({key: value, **summaries[value]}), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name(args.out.name + f"_sweep_{key}.json").write_text(
+        atomic_write_text(
+            args.out.with_name(args.out.name + f"_sweep_{key}.json"),
             json.dumps({"sweep": key, "overrides": overrides, "results": summaries}, indent=2)
-            + "\n"
+            + "\n",
         )
         return
-    result = run(args, build_config(args.method, overrides=overrides))
+    result = run(args, configs[0])
     result["summary"] = summary_by_family(result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
+    atomic_write_text(args.out.with_suffix(".md"), table)
     print(table)
 
 

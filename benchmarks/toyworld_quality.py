@@ -27,6 +27,7 @@ from ace_erasure.models.loading import generate
 from ace_erasure.toyworld.assets import bundled_dir, load_judge, load_pipeline, manifest
 from ace_erasure.toyworld.suites import quality_probes
 from ace_erasure.toyworld.vocab import vocabulary
+from ace_erasure.training.checkpoint import atomic_write_text
 
 ORDER = [
     "shapes",
@@ -173,9 +174,9 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.model, args.n, args.steps, args.guidance, args.seed, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
+    atomic_write_text(args.out.with_suffix(".md"), table)
     print(table)
 
 

@@ -36,3 +36,29 @@ def test_a_bad_benchmark_command_line_fails_at_once_in_one_line(
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--only", "circle", "octopus"], "--only: not a ToyWorld concept: octopus"),
+        (["--set", "stage=3"], "stage must be one of 1, 2"),
+        (["--sweep", "ridge"], "expected key=v1,v2"),
+        (["--sweep", "stage=1,5"], "stage must be one of 1, 2, got 5"),
+        (["--model", "/nonexistent/toyworld"], "does not exist"),
+    ],
+)
+def test_a_bad_erase_toyworld_command_line_fails_at_once_in_one_line(
+    arguments, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import erase_toyworld
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["erase_toyworld.py", *arguments, "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        erase_toyworld.main()
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert list(tmp_path.iterdir()) == []
