@@ -220,9 +220,12 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
         for _, method, options in variants:
             build_config(method, options)
         labels = {model: model_label(model_folder(model)) for model in args.model or ["bundled"]}
-        for concept in args.concepts:
-            if concept != "all-shapes":
-                ToyWorld().resolve(concept)
+        unknown = [c for c in args.concepts if c != "all-shapes" and not vocabulary().canonical(c)]
+        if unknown:
+            raise ace_erasure.errors.ConceptError(
+                f"--concepts: not a ToyWorld concept: {', '.join(map(repr, unknown))} "
+                "(a shape, style, character or 'hazard'; or 'all-shapes')"
+            )
     except ace_erasure.errors.AceError as error:
         parser.error(str(error))
 

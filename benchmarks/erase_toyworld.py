@@ -265,7 +265,7 @@ def main() -> None:
         manifest(args.model)  # a ToyWorld folder
         members = {*vocabulary().shapes, *vocabulary().style_names}
         members |= {*vocabulary().character_names, vocabulary().hazard_name}
-        unknown = [name for name in args.only or [] if name not in members]
+        unknown = [name for name in args.only or [] if name not in members]  # exact: run() filters
         if unknown:
             raise ace_erasure.errors.ConceptError(
                 f"--only: not a ToyWorld concept: {', '.join(unknown)}"

@@ -19,7 +19,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         (["--variants", "x=ace:stage=3"], "stage must be one of 1, 2"),
         (["--variants", "x=nomethod"], "unknown method 'nomethod'"),
         (["--model", "/nonexistent/toyworld"], "does not exist"),
-        (["--concepts", "circle", "octopus"], "'octopus' is not in ToyWorld's vocabulary"),
+        (["--concepts", "circle", "octopus"], "not a ToyWorld concept: 'octopus'"),
+        (["--concepts", "Mira-Kestrel"], "not a ToyWorld concept: 'Mira-Kestrel'"),
     ],
 )
 def test_a_bad_benchmark_command_line_fails_at_once_in_one_line(
