@@ -205,11 +205,12 @@ def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers
     _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 
-def test_a_token_space_inner_attack_replaces_the_name_and_resumes(
-    tiny_pipes, fast_world, tmp_path, monkeypatch
+@pytest.mark.parametrize("space", ["token", "conditioning"])
+def test_a_token_or_conditioning_space_inner_attack_trains_and_resumes(
+    space, tiny_pipes, fast_world, tmp_path, monkeypatch
 ):
     pipe = tiny_pipes("sd1")
-    options = TINY | {"adversarial_space": "token", "finetune_steps": 4, "checkpoint_every": 1}
+    options = TINY | {"adversarial_space": space, "finetune_steps": 4, "checkpoint_every": 1}
     prefix = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
     whole = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
     record = whole.stages[2].stats
@@ -235,6 +236,10 @@ def test_a_token_space_inner_attack_replaces_the_name_and_resumes(
     assert resumed.stages[2].stats["losses"] == record["losses"]
     assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
     keys = set(pipe.unet.state_dict())
-    with pytest.raises(ConfigError, match="one concept at a time"):
-        erase(pipe, ["circle", "star"], config=AceConfig(**options), world=fast_world)
+    if space == "token":
+        with pytest.raises(ConfigError, match="one concept at a time"):
+            erase(pipe, ["circle", "star"], config=AceConfig(**options), world=fast_world)
+    else:  # a residual on the encoder's output serves several concepts at once
+        both = erase(pipe, ["circle", "star"], config=AceConfig(**options), world=fast_world)
+        assert both.stages[2].stats["adversarial_rounds"] == 2
     assert set(pipe.unet.state_dict()) == keys  # nothing left attached
