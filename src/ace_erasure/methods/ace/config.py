@@ -120,7 +120,11 @@ class AceConfig:
             prompt, the soft-prompt attack's space), "token" (learned vectors in place of the
             concept's name, textual inversion's space, started from the name's own tokens; one
             concept at a time, on prompts naming it) or "conditioning" (a residual on the text
-            encoder's output, bounded by ``adversarial_norm``).
+            encoder's output, bounded by ``adversarial_norm``). With the UNet LoRA,
+            "conditioning" stops textual inversion on heart (ASR 0.31 / 0.44 → 0.00 / 0.06 on
+            both ToyWorlds) but loses more of the other concepts (circle's hexagon 9 → 16 of
+            16 images); "input" stays the default (benchmarks/README.md, "Where the inner
+            attack works").
         adversarial_norm: per-token bound of a conditioning-space residual, relative to the
             embedding's norm.
         adversarial_tokens: soft input tokens of the inner attack's prefixes.
