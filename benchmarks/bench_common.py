@@ -219,7 +219,8 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
         variants = [parse_variant(v) for v in args.variants]
         for _, method, options in variants:
             build_config(method, options)
-        labels = {model: model_label(model_folder(model)) for model in args.model or ["bundled"]}
+        folders = [model_folder(model) for model in args.model or ["bundled"]]
+        labels = [model_label(folder).replace(" ", "") for folder in folders]
         unknown = [c for c in args.concepts if c != "all-shapes" and not vocabulary().canonical(c)]
         if unknown:
             raise ace_erasure.errors.ConceptError(
@@ -229,9 +230,7 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
     except ace_erasure.errors.AceError as error:
         parser.error(str(error))
 
-    for model, model_name in labels.items():
-        folder = model_folder(model)
-        label = model_name.replace(" ", "")
+    for folder, label in zip(folders, labels):
         for concept in args.concepts:
             names = list(vocabulary().shapes) if concept == "all-shapes" else [concept]
             out = args.out / label / concept.replace(" ", "-")

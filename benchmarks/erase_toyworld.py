@@ -263,9 +263,8 @@ def main() -> None:
             else [build_config(args.method, overrides=overrides)]
         )
         manifest(args.model)  # a ToyWorld folder
-        members = {*vocabulary().shapes, *vocabulary().style_names}
-        members |= {*vocabulary().character_names, vocabulary().hazard_name}
-        unknown = [name for name in args.only or [] if name not in members]  # exact: run() filters
+        # exact names: run() filters on them
+        unknown = [n for n in args.only or [] if vocabulary().canonical(n) != n]
         if unknown:
             raise ace_erasure.errors.ConceptError(
                 f"--only: not a ToyWorld concept: {', '.join(unknown)}"
