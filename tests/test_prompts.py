@@ -1,5 +1,5 @@
 from ace_erasure.concepts import Concept
-from ace_erasure.prompts import GenericWorld, general_prompts, related_pairs
+from ace_erasure.prompts import GenericWorld, attribute_templates, general_prompts, related_pairs
 from ace_erasure.toyworld.world import ToyWorld
 
 TOY, GENERIC = ToyWorld(), GenericWorld()
@@ -25,3 +25,17 @@ def test_general_prompts_drop_captions_mentioning_erased_names():
     assert general and not any(" dog " in f" {p} " for p in general)
     toy = general_prompts([Concept("circle")], TOY, n_general=50)
     assert len(toy) > 20 and not any("circle" in p for p in toy)
+
+
+def test_attribute_templates_add_the_worlds_colours_a_template_does_not_name():
+    circle = TOY.resolve("circle")
+    templates = attribute_templates(circle, TOY)
+    assert templates[: len(circle.templates)] == circle.templates
+    assert templates[len(circle.templates) :] == ("a purple {}", "an orange {}", "a cyan {}")
+    assert attribute_templates(TOY.resolve("Varela"), TOY) == TOY.resolve("Varela").templates
+
+    class Bare(GenericWorld):  # a world without attribute words: the kind's templates
+        attributes = None
+
+    assert attribute_templates(Concept("car"), Bare()) == Concept("car").templates
+    assert "a pink {}" in attribute_templates(Concept("car"), GENERIC)

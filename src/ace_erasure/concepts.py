@@ -174,8 +174,13 @@ def with_article(phrase: str) -> str:
     return " ".join(words)
 
 
-def prompt_pairs(concept: Concept, names: Sequence[str] | None = None) -> list[PromptPair]:
-    """Every template x name as (concept prompt, anchor prompt).
+def prompt_pairs(
+    concept: Concept,
+    names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+) -> list[PromptPair]:
+    """Every template x name as (concept prompt, anchor prompt); ``templates`` default to the
+    concept kind's.
 
     Articles are fixed after substitution ("a orb" -> "an orb"); with an empty anchor the
     anchor prompt simply lacks the concept ("a photo of a red {}" -> "a photo of a red").
@@ -183,7 +188,7 @@ def prompt_pairs(concept: Concept, names: Sequence[str] | None = None) -> list[P
     assert concept.anchor is not None
     pairs = []
     for name in names or concept.names:
-        for template in concept.templates:
+        for template in templates or concept.templates:
             prefix, suffix = template.split("{}")
             text = with_article(prefix + name + suffix)
             anchor_text = " ".join((prefix + concept.anchor + suffix).split())

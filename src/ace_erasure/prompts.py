@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ace_erasure.concepts import Concept, PromptPair, prompt_pairs
+from ace_erasure.concepts import Concept, PromptPair, prompt_pairs, with_article
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from ace_erasure.evaluation.judges import Judge
@@ -70,11 +70,18 @@ class PromptWorld(Protocol):
         ``n_other`` per other concept; raises ConceptError where the world has no suite."""
         ...
 
+    # Optional: ``attributes(concept) -> list[str]``, words that describe the concept in its
+    # world (ToyWorld: a shape's colours); see :func:`attribute_templates`.
+
 
 def general_captions() -> list[str]:
     """The shipped general caption list (``data/general_captions.txt``)."""
     text = resources.files("ace_erasure").joinpath("data/general_captions.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+# colours an object is often drawn in that the object templates do not name (generic worlds)
+COMMON_COLOURS = ("purple", "orange", "pink", "brown", "grey")
 
 
 class GenericWorld:
@@ -100,6 +107,9 @@ class GenericWorld:
     def judge(self) -> Judge | None:
         return None
 
+    def attributes(self, concept: Concept) -> list[str]:
+        return list(COMMON_COLOURS) if concept.kind == "object" else []
+
     def suite(self, concept: Concept, n: int, n_other: int, seed: int) -> Suite:
         from ace_erasure.errors import ConceptError
 
@@ -116,6 +126,19 @@ def spread(items: Sequence[str], n: int) -> list[str]:
     if n >= len(items):
         return [items[k % len(items)] for k in range(n)]
     return [items[(k * len(items)) // n] for k in range(n)]
+
+
+def attribute_templates(concept: Concept, world: PromptWorld) -> tuple[str, ...]:
+    """The concept's templates and one more per attribute word its world knows for it ("a
+    purple {}"), unless a template already names it. ACE's stage 2 draws its training images
+    over these: a UNet LoRA trained on a few colours of a shape shifts the colours it never
+    saw (on ToyWorld: orange drawn red, purple black)."""
+    words = getattr(world, "attributes", None)
+    named = " ".join(concept.templates).split()
+    extra = [
+        with_article(f"a {w} {{}}") for w in (words(concept) if words else []) if w not in named
+    ]
+    return (*concept.templates, *dict.fromkeys(extra))
 
 
 def _mentions(prompt: str, names: Sequence[str]) -> bool:

@@ -40,6 +40,7 @@ from ace_erasure.models.plumbing import (
 )
 from ace_erasure.prompts import PromptWorld, general_prompts, related_pairs
 from ace_erasure.training import lora
+from ace_erasure.training.diffusion import noised
 from ace_erasure.training.loop import Trainer
 
 
@@ -289,7 +290,7 @@ class Mace:
             x0 = latents[rows].to(pipe.unet.device, pipe.unet.dtype)
             t = torch.randint(config.t_min, config.t_max, (len(rows),), generator=generator)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-            noisy = pipe.scheduler.add_noise(x0, noise.to(x0.device), t.to(x0.device))
+            noisy = noised(pipe.scheduler, x0, noise, t)
             processor.positions = [positions[int(r)] for r in rows]
             processor.masses = []
             batch_cond = type(cond)(

@@ -8,7 +8,9 @@
 - :class:`Conditioning` / :func:`encode_conditioning`: what the UNet needs (SDXL: the pooled
   embedding too), with gradients, so attacks and training can optimise through the encoders.
 - :func:`predict_noise`: one UNet call for any family (SDXL's added conditions filled in).
-- :func:`noise_target`: what a UNet trained with the pipeline's scheduler predicts (ε or v).
+- :func:`noise_target`: what a UNet trained with the pipeline's scheduler predicts (ε or v);
+- :func:`forward_process`: the training schedule's noising coefficients (not the sampling
+  solver's).
 """
 
 from __future__ import annotations
@@ -99,14 +101,31 @@ def predict_noise(pipe, latents: torch.Tensor, timesteps: torch.Tensor, cond: Co
     ).sample
 
 
+def forward_process(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(√ᾱ_t, √(1 − ᾱ_t)) of the training schedule at ``timesteps``, shaped to broadcast
+    over ``latents``.
+
+    Computed from ``alphas_cumprod`` rather than the scheduler's ``add_noise``: multistep
+    solvers (DPM-Solver, ToyWorld's and SD's usual choice) look a timestep up in their
+    *inference* schedule, so their ``add_noise`` gives the noise level of step 999 − t on a
+    fresh scheduler and of the last, nearly clean step for any t outside the schedule a
+    pipeline call left behind."""
+    alphas = scheduler.alphas_cumprod.to(latents.device, torch.float32)[timesteps.long()]
+    shape = (-1, *[1] * (latents.ndim - 1))
+    return (alphas**0.5).view(shape), ((1 - alphas) ** 0.5).view(shape)
+
+
 def noise_target(
     scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
     """What the UNet should predict for ``latents`` noised with ``noise``: ε, or v for
     v-prediction models (SD 2.x 768 px)."""
     kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "v_prediction":  # v = √ᾱ_t ε − √(1 − ᾱ_t) x₀ (:func:`forward_process`)
+        signal, sigma = forward_process(scheduler, latents, noise, timesteps)
+        return (signal * noise - sigma * latents).to(latents.dtype)
     if kind != "epsilon":
         raise ValueError(f"unsupported prediction type {kind!r}")
     return noise

@@ -91,6 +91,11 @@ class ToyWorld:
         }.get(vocab.family_of(concept.name) or "", ())
         return [m for m in members if m.lower() != concept.name.lower()]
 
+    def attributes(self, concept: Concept) -> list[str]:
+        """A shape's colours (the other families have no attribute words)."""
+        vocab = vocabulary()
+        return list(vocab.colour_names) if vocab.family_of(concept.name) == "shapes" else []
+
     def general_captions(self, n: int, seed: int) -> list[str]:
         return toyworld_captions(n, seed)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ace_erasure import AceConfig, Erasure, erase
+from ace_erasure.concepts import Concept
 from ace_erasure.errors import ConfigError
 from ace_erasure.methods.ace import finetune as stage2
 from ace_erasure.methods.ace.finetune import PreservePrompts
@@ -243,3 +244,27 @@ def test_a_token_or_conditioning_space_inner_attack_trains_and_resumes(
         both = erase(pipe, ["circle", "star"], config=AceConfig(**options), world=fast_world)
         assert both.stages[2].stats["adversarial_rounds"] == 2
     assert set(pipe.unet.state_dict()) == keys  # nothing left attached
+
+
+def test_training_images_are_drawn_over_the_given_templates(monkeypatch):
+    drawn = {}
+
+    def draw(pipe, prompts, seeds, **kwargs):
+        drawn["prompts"] = list(prompts)
+        return torch.zeros(len(prompts), 4, 8, 8)
+
+    monkeypatch.setattr(stage2, "draw_latents", draw)
+    circle = Concept("circle", anchor="")
+    templates = (*circle.templates, "an orange {}")
+    config = AceConfig(**{**TINY, "finetune_images": len(templates)})
+    keep = PreservePrompts(related={}, weights={}, general=["a house"])
+    examples = stage2.training_examples(
+        None, [circle], keep, config, 0, steps=2, guidance=2.0, templates={"circle": templates}
+    )
+    pairs = dict(zip(examples.prompts, examples.targets))
+    assert pairs["an orange circle"] == "an orange" and pairs["a red circle"] == "a red"
+    assert drawn["prompts"] == examples.prompts and examples.concept_index.count(0) == len(
+        templates
+    )
+    plain = stage2.training_examples(None, [circle], keep, config, 0, steps=2, guidance=2.0)
+    assert "an orange circle" not in plain.prompts

@@ -30,7 +30,7 @@ from ace_erasure.methods.ace.targets import anchor_push, collect_targets, concep
 from ace_erasure.methods.base import Progress
 from ace_erasure.models.conditioning import PromptEncoder
 from ace_erasure.models.plumbing import base_linear, cross_attention_layers, tokenizers
-from ace_erasure.prompts import PromptWorld, general_prompts, related_pairs
+from ace_erasure.prompts import PromptWorld, attribute_templates, general_prompts, related_pairs
 
 __all__ = ["Ace", "AceConfig"]
 logger = logging.getLogger(__name__)
@@ -62,9 +62,13 @@ class Ace:
         fitter = RidgeEditFitter(base_linear(layers[0][1].to_k).in_features)
         encode = PromptEncoder(pipe, ENCODE_DTYPES[config.encode_dtype])
 
+        # each concept in its kind's templates and its world's attribute words ("a purple {}")
+        contexts = {c.name: attribute_templates(c, world) for c in concepts}
         n_targets = 0
         for i, concept in enumerate(concepts):
-            n_targets += collect_targets(tokenizer, encode, concept, config, fitter, generator)
+            n_targets += collect_targets(
+                tokenizer, encode, concept, config, fitter, generator, contexts[concept.name]
+            )
             if progress:
                 progress("targets", i + 1, len(concepts))
         timings["targets"] = time.perf_counter() - start
@@ -137,6 +141,7 @@ class Ace:
                 seed,
                 steps=world.sampling.steps,
                 guidance=world.sampling.guidance,
+                templates=contexts,
                 progress=progress,
             )
             timings["finetune"] = stage2.seconds

@@ -175,12 +175,15 @@ def training_examples(
     *,
     steps: int,
     guidance: float,
+    templates: Mapping[str, Sequence[str]] | None = None,
 ) -> Examples:
-    """``finetune_images`` images per concept (its templates x names, in turn) and
-    ``finetune_preserve_images`` preserve images (:meth:`PreservePrompts.choose`)."""
+    """``finetune_images`` images per concept (its ``templates`` x names, in turn; by default
+    its kind's templates) and ``finetune_preserve_images`` preserve images
+    (:meth:`PreservePrompts.choose`)."""
     prompts, targets, which = [], [], []
     for index, concept in enumerate(concepts):
-        pairs: list[PromptPair] = concept_prompt_pairs(concept, config)
+        own = (templates or {}).get(concept.name)
+        pairs: list[PromptPair] = concept_prompt_pairs(concept, config, templates=own)
         by_text = {p.text: p for p in pairs}
         for text in spread(list(by_text), config.finetune_images):  # over templates and names
             prompts.append(text)
@@ -226,15 +229,17 @@ def finetune(
     *,
     steps: int,
     guidance: float,
+    templates: Mapping[str, Sequence[str]] | None = None,
     progress=None,
 ) -> tuple[dict[str, ModuleEdit], StageRecord]:
     """Stage 2 from the stage-1 ``edits``; returns the trained edits and the stage record.
-    ``steps`` / ``guidance`` are the sampling settings of the unedited images (the world's)."""
+    ``steps`` / ``guidance`` are the sampling settings of the unedited images (the world's);
+    ``templates`` per concept name, those its images are drawn over (:func:`training_examples`)."""
     if config.adversarial_space == "token" and len(concepts) != 1:
         raise ConfigError("adversarial_space='token' erases one concept at a time")
     start = time.perf_counter()
     examples = training_examples(
-        pipe, concepts, preserve, config, seed, steps=steps, guidance=guidance
+        pipe, concepts, preserve, config, seed, steps=steps, guidance=guidance, templates=templates
     )
     concept_rows = [i for i, c in enumerate(examples.concept_index) if c >= 0]
     preserve_rows = [i for i, c in enumerate(examples.concept_index) if c < 0]

@@ -48,10 +48,14 @@ def anchor_push(concept: Concept, config: AceConfig) -> float:
 
 
 def concept_prompt_pairs(
-    concept: Concept, config: AceConfig, names: Sequence[str] | None = None
+    concept: Concept,
+    config: AceConfig,
+    names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
 ) -> list[PromptPair]:
-    """The concept's (prompt, anchor prompt) pairs, with ``empty_anchor`` applied."""
-    pairs = prompt_pairs(concept, names=names)
+    """The concept's (prompt, anchor prompt) pairs (``templates``: the kind's by default),
+    with ``empty_anchor`` applied."""
+    pairs = prompt_pairs(concept, names=names, templates=templates)
     if unconditional_anchor(concept, config):
         return [
             dataclasses.replace(p, anchor_text="", anchor_before="", anchor_through="")
@@ -81,10 +85,12 @@ def collect_targets(
     config: AceConfig,
     fitter: RidgeEditFitter,
     generator: torch.Generator,
+    templates: Sequence[str] | None = None,
 ) -> int:
-    """Stage 0 for one concept: add its (target, anchor) token pairs to ``fitter`` as one
-    group; returns the number of target rows."""
-    pairs = concept_prompt_pairs(concept, config)
+    """Stage 0 for one concept: add its (target, anchor) token pairs over ``templates`` (the
+    kind's by default) to ``fitter`` as one group; returns the number of target rows."""
+    templates = tuple(templates or concept.templates)
+    pairs = concept_prompt_pairs(concept, config, templates=templates)
     texts = [p.text for p in pairs]
     anchor_texts = list(dict.fromkeys(p.anchor_text for p in pairs))
     anchor_embeds = dict(zip(anchor_texts, encode(anchor_texts)))
@@ -117,7 +123,7 @@ def collect_targets(
     fitter.begin_group(1.0)
     count = add(encode(texts), list(range(len(pairs))))
     # mined neighbours: perturb the concept's input token embeddings, keep the same anchors
-    n_templates = len(concept.templates)
+    n_templates = len(templates)
     mined = [i for i in range(len(pairs)) if i % n_templates < config.neighbour_templates]
     for _ in range(config.neighbours if mined else 0):
         noisy = encode.perturbed(
