@@ -63,3 +63,23 @@ def test_a_bad_erase_toyworld_command_line_fails_at_once_in_one_line(
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["/nonexistent/toyworld"], "does not exist"), (["bundled", "--images", "0"], "--images")],
+)
+def test_shape_colours_refuses_a_bad_command_line_before_erasing(
+    arguments, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import shape_colours
+
+    out = tmp_path / "colours"
+    monkeypatch.setattr(sys, "argv", ["shape_colours.py", *arguments, "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        shape_colours.main()
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not list(tmp_path.iterdir())

@@ -85,7 +85,8 @@ class AceConfig:
         finetune_steps: outer optimisation steps.
         finetune_lr: Adam learning rate of the LoRA factors and gates.
         finetune_batch: images per step in each of the erase, adversarial and preserve terms.
-        finetune_images: images of each concept drawn by the unedited model (over its templates).
+        finetune_images: images of each concept drawn by the unedited model (over its templates
+            and its world's attribute words, :func:`ace_erasure.prompts.attribute_templates`).
         finetune_preserve_images: images of the preserve prompts drawn by the unedited model.
         finetune_preserve_weight: λ_p of the preserve term.
         finetune_gate_weight: λ_g pulling the gates towards their closed-form values.
@@ -95,7 +96,9 @@ class AceConfig:
             default: on circle and heart, both ToyWorlds, the soft-prompt ASR after stage 2
             fell from 0.62 / 1.00 / 1.00 / 1.00 (None, i.e. 0 for shapes) to 0.00 / 0.00 / 0.25
             / 0.38, with the other shapes within one image except seed 1's heart (6 of 36
-            lost); η 1 gave 0.12 / 0.50 / 0.62 / 1.00 (benchmarks/README.md).
+            lost); η 1 gave 0.12 / 0.50 / 0.62 / 1.00 (benchmarks/README.md). Checked again
+            after the noising fix (stop 19, with the UNet LoRA): η 2 gave 0.00 on all four,
+            η 1 0.12 / 0.25 / 0.00 / 0.12, with the same other-shape images but heart seed 0.
         finetune_rank: LoRA rank in stage 2 (None: stage 1's rank).
         finetune_text_encoder_rank: rank of a LoRA on the text encoder's attention and MLP
             linears, trained in stage 2 beside the cross-attention factors (0: none, the
