@@ -102,7 +102,7 @@ def predict_noise(pipe, latents: torch.Tensor, timesteps: torch.Tensor, cond: Co
 
 
 def forward_process(
-    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    scheduler, latents: torch.Tensor, timesteps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(√ᾱ_t, √(1 − ᾱ_t)) of the training schedule at ``timesteps``, shaped to broadcast
     over ``latents``.
@@ -124,7 +124,7 @@ def noise_target(
     v-prediction models (SD 2.x 768 px)."""
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind == "v_prediction":  # v = √ᾱ_t ε − √(1 − ᾱ_t) x₀ (:func:`forward_process`)
-        signal, sigma = forward_process(scheduler, latents, noise, timesteps)
+        signal, sigma = forward_process(scheduler, latents, timesteps)
         return (signal * noise - sigma * latents).to(latents.dtype)
     if kind != "epsilon":
         raise ValueError(f"unsupported prediction type {kind!r}")

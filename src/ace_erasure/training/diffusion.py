@@ -28,5 +28,5 @@ def noised(
 ) -> torch.Tensor:
     """``latents`` noised with ``noise`` at ``timesteps``: √ᾱ_t x₀ + √(1 − ᾱ_t) ε, whatever
     solver the pipeline samples with and whatever it last sampled (:func:`forward_process`)."""
-    signal, sigma = forward_process(scheduler, latents, noise, timesteps.to(latents.device))
+    signal, sigma = forward_process(scheduler, latents, timesteps.to(latents.device))
     return (signal * latents + sigma * noise.to(latents.device)).to(latents.dtype)
