@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,6 +41,16 @@ from ace_erasure.training.checkpoint import atomic_write_text
 
 CONCEPTS = ("circle", "heart", "Varela", "Mira Kestrel", "hazard")
 HERE = Path(__file__).parent
+
+
+def interruptible(entry: Callable[[], None]) -> None:
+    """Run a benchmark's ``entry``; Ctrl-C is one line and exit code 130 (results are written
+    whole or not at all, and finished folders are kept for a rerun to skip)."""
+    try:
+        entry()
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted (finished results are kept)\n")
+        sys.exit(130)
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:

@@ -12,7 +12,7 @@ and peak memory (``results/compare/<seed>/<concept>/report.html`` shows the imag
 
 from pathlib import Path
 
-from bench_common import CONCEPTS, main
+from bench_common import CONCEPTS, interruptible, main
 
 METHODS = [
     "ace",
@@ -31,4 +31,4 @@ if __name__ == "__main__":
 
     if "--concepts" not in sys.argv:
         sys.argv += ["--concepts", *CONCEPTS, "all-shapes"]
-    main(__doc__, METHODS, Path(__file__).parent / "results" / "compare")
+    interruptible(lambda: main(__doc__, METHODS, Path(__file__).parent / "results" / "compare"))

@@ -296,4 +296,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench_common import interruptible
+
+    interruptible(main)

@@ -18,11 +18,13 @@ the judge in the loop (checks every few steps, early stop on success).
 
 from pathlib import Path
 
-from bench_common import main
+from bench_common import interruptible, main
 
 if __name__ == "__main__":
-    main(
-        __doc__,
-        ["stage 1=ace:stage=1", "stage 1+2=ace:stage=2"],
-        Path(__file__).parent / "results" / "robustness",
+    interruptible(
+        lambda: main(
+            __doc__,
+            ["stage 1=ace:stage=1", "stage 1+2=ace:stage=2"],
+            Path(__file__).parent / "results" / "robustness",
+        )
     )

@@ -83,3 +83,18 @@ def test_shape_colours_refuses_a_bad_command_line_before_erasing(
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_in_a_benchmark_is_one_line_and_exit_130(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_common import interruptible
+
+    def stopped() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        interruptible(stopped)
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: interrupted (finished results are kept)"
+    ]
