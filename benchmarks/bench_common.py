@@ -62,6 +62,19 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
     return label or text, method, parsed
 
 
+def attack_options(items: list[str]) -> dict[str, dict]:
+    """``["soft.lr=0.03", "soft.steps=100"]`` -> ``{"soft": {"lr": 0.03, "steps": 100}}``."""
+    options: dict[str, dict] = {}
+    for key, value in parse_overrides(items).items():
+        attack, _, option = key.partition(".")
+        if not option:
+            raise ace_erasure.errors.ConfigError(
+                f"--attack-set takes attack.key=value, got {key!r}"
+            )
+        options[attack] = {**options.get(attack, {}), option: value}
+    return options
+
+
 def model_folder(name: str) -> Path:
     return bundled_dir() if name == "bundled" else Path(name)
 
@@ -96,6 +109,7 @@ def run_one(args, variants, folder: Path, concept_names: list[str], out: Path) -
         images_per_other=args.n_other,
         attack_pairs=args.pairs,
         attacks=tuple(args.attacks),
+        attack_options=args.attack_options,
     )
     judge = world.judge()
     evaluate(
@@ -216,6 +230,13 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
         help="label=method:key=value,... (see parse_variant)",
     )
     parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS))
+    parser.add_argument(
+        "--attack-set",
+        nargs="+",
+        default=[],
+        metavar="ATTACK.KEY=VALUE",
+        help="override an attack's setting, as in `ace-erasure evaluate` (soft.lr=0.03)",
+    )
     parser.add_argument("--pairs", type=int, default=16, help="attacked pairs per concept")
     parser.add_argument("--n", type=int, default=16, help="images per named / synonym set")
     parser.add_argument("--n-other", type=int, default=4, help="images per other concept")
@@ -226,8 +247,9 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
 
     # bad input fails now, in one line, not after an hour
     try:
-        for name in args.attacks:
-            attack_config(name)
+        args.attack_options = attack_options(args.attack_set)
+        for name in {*args.attacks, *args.attack_options}:
+            attack_config(name, args.attack_options.get(name, {}))
         variants = [parse_variant(v) for v in args.variants]
         for _, method, options in variants:
             build_config(method, options)
@@ -261,10 +283,17 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
             finally:
                 claim.rmdir()
     rows = rows_from(args.out)
-    summary = {"rows": rows, "attacks": args.attacks, "variants": args.variants}
+    summary = {
+        "rows": rows,
+        "attacks": args.attacks,
+        "attack_options": args.attack_options,
+        "variants": args.variants,
+    }
     atomic_write_text(
         args.out.parent / f"{args.out.name}.json", json.dumps(summary, indent=2) + "\n"
     )
     table = markdown(rows, args.attacks)
+    if args.attack_set:
+        table += f"\nAttack settings changed from their defaults: {' '.join(args.attack_set)}.\n"
     atomic_write_text(args.out.parent / f"{args.out.name}.md", table)
     print(table)

@@ -16,6 +16,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("arguments", "message"),
     [
         (["--attacks", "soft", "conditioning"], "unknown attack 'conditioning'"),
+        (["--attack-set", "soft.rate=0.1"], "unknown soft attack option(s): rate"),
+        (["--attack-set", "lr=0.1"], "--attack-set takes attack.key=value, got 'lr'"),
+        (["--attack-set", "soft.lr=-1"], "lr must be > 0"),
         (["--variants", "x=ace:stage=3"], "stage must be one of 1, 2"),
         (["--variants", "x=nomethod"], "unknown method 'nomethod'"),
         (["--model", "/nonexistent/toyworld"], "does not exist"),
