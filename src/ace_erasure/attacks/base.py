@@ -217,13 +217,15 @@ def optimise(
     stage: str = "attack",
     check: Check | None = None,
     check_every: int = 0,
+    samples: int = SAMPLES,
 ) -> list[float]:
     """Minimise :func:`denoising_loss` over the adversary's parameters with Adam; the model's
     own weights are not touched. Returns the loss of every step run.
 
     With ``check`` (see the module's docstring) the judge is consulted every ``check_every``
     steps and after the last; the adversary is left at the state that scored best (ties: the
-    later one) and the run stops early once the score is 1."""
+    later one) and the run stops early once the score is 1. ``samples``: noise draws per
+    reference latent and step."""
     params = adversary.parameters()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -240,6 +242,7 @@ def optimise(
                 prompts or target.prompts,
                 target.latents,
                 generator,
+                samples=samples,
                 guidance=guidance,
             )
             optimizer.zero_grad(set_to_none=True)

@@ -268,3 +268,21 @@ def test_training_images_are_drawn_over_the_given_templates(monkeypatch):
     )
     plain = stage2.training_examples(None, [circle], keep, config, 0, steps=2, guidance=2.0)
     assert "an orange circle" not in plain.prompts
+
+
+def test_the_inner_attack_draws_the_configured_noise_samples(tiny_pipes, fast_world, monkeypatch):
+    from ace_erasure.attacks import base
+
+    pipe = tiny_pipes("sd1")
+    seen = []
+    original = base.denoising_loss
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["samples"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(base, "denoising_loss", recording)
+    erase(pipe, ["circle"], config=AceConfig(**TINY, adversarial_samples=2), world=fast_world)
+    assert seen and set(seen) == {2}
+    with pytest.raises(ConfigError, match="adversarial_samples must be >= 1"):
+        AceConfig(**TINY, adversarial_samples=0)

@@ -330,6 +330,7 @@ def finetune(
                     seed=seed * 7919 + step * 31 + index,
                     guidance=guidance,
                     after_step=getattr(adversary, "project", None),
+                    samples=config.adversarial_samples,
                 )
         rounds["count"] += 1
 
