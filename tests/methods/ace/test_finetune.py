@@ -9,7 +9,7 @@ from ace_erasure import AceConfig, Erasure, erase
 from ace_erasure.concepts import Concept
 from ace_erasure.errors import ConfigError
 from ace_erasure.methods.ace import finetune as stage2
-from ace_erasure.methods.ace.finetune import PreservePrompts
+from ace_erasure.methods.ace.finetune import PreserveFocus, PreservePrompts
 
 TINY = dict(
     neighbours=0,
@@ -106,12 +106,16 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.parametrize("focus", [0.0, 0.5])
 def test_a_killed_stage_two_resumes_to_the_same_bytes(
-    tiny_pipes, fast_world, tmp_path, monkeypatch
+    focus, tiny_pipes, fast_world, tmp_path, monkeypatch
 ):
     pipe = tiny_pipes("sd1")
     options = TINY | {"finetune_steps": 4, "checkpoint_every": 1}
-    whole = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
+    # with the preserve focus, the running damage per group is part of the state
+    options |= {"finetune_preserve_focus": focus, "finetune_preserve_images": 6}
+    circle = Concept("circle", preserve=("star", "square"))
+    whole = erase(pipe, [circle], config=AceConfig(**options), world=fast_world)
     checkpoints = str(tmp_path / "ckpt")
     calls = {"n": 0}
     original = stage2.add_noise
@@ -126,16 +130,18 @@ def test_a_killed_stage_two_resumes_to_the_same_bytes(
     with pytest.raises(Killed):
         erase(
             pipe,
-            ["circle"],
+            [circle],
             config=AceConfig(**options, checkpoint_dir=checkpoints),
             world=fast_world,
         )
     monkeypatch.setattr(stage2, "add_noise", original)
     resumed = erase(
-        pipe, ["circle"], config=AceConfig(**options, checkpoint_dir=checkpoints), world=fast_world
+        pipe, [circle], config=AceConfig(**options, checkpoint_dir=checkpoints), world=fast_world
     )
     assert resumed.stages[2].stats["losses"] == whole.stages[2].stats["losses"]
     assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
+    damage = whole.stages[2].stats["preserve_damage"]
+    assert resumed.stages[2].stats["preserve_damage"] == damage and len(damage) >= 2
 
 
 def test_preserve_images_go_where_the_edit_does_damage():
@@ -147,6 +153,33 @@ def test_preserve_images_go_where_the_edit_does_damage():
     chosen = keep.choose(12)
     assert len(chosen) == 12 and chosen.count("a hexagon") > chosen.count("a star") >= 1
     assert chosen.count("a house") + chosen.count("a tree") == 6
+
+
+def test_the_preserve_focus_draws_the_damaged_concepts_more_often():
+    groups = ["hexagon"] * 2 + ["star"] * 2 + [""] * 4
+    generator = torch.Generator().manual_seed(0)
+    # focus 0 draws as stage 2 always did (uniformly, the same random numbers)
+    plain = PreserveFocus(groups, 0.0)
+    assert plain.pick(6, generator) == [
+        int(i) for i in torch.randint(8, (6,), generator=torch.Generator().manual_seed(0))
+    ]
+    focus = PreserveFocus(groups, 1.0)
+    # every group is drawn before any is measured
+    assert {groups[i] for i in focus.pick(200, generator)} == {"hexagon", "star", ""}
+    focus.record([0, 2, 4], torch.tensor([4.0, 1.0, 1.0]))
+    assert focus.damage.tolist() == [1.0, 4.0, 1.0]  # groups sorted: "", hexagon, star
+    focus.record([1], torch.tensor([2.0]))
+    assert focus.damage[1].item() == pytest.approx(0.9 * 4.0 + 0.1 * 2.0)
+    drawn = [groups[i] for i in focus.pick(600, generator)]
+    assert drawn.count("hexagon") > 2.5 * drawn.count("star")
+    half = PreserveFocus(groups, 0.5)
+    half.damage = torch.tensor([0.0, 1.0, 0.0])
+    drawn = [groups[i] for i in half.pick(2000, generator)]
+    # the uniform half still reaches an undamaged group: 0.5 x 2/8; hexagon 0.5 x 2/8 + 0.5
+    assert 0.09 < drawn.count("star") / 2000 < 0.16
+    assert 0.57 < drawn.count("hexagon") / 2000 < 0.68
+    with pytest.raises(ConfigError, match="finetune_preserve_focus must be in"):
+        AceConfig(finetune_preserve_focus=1.5)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

@@ -90,6 +90,11 @@ class AceConfig:
         finetune_preserve_images: images of the preserve prompts drawn by the unedited model.
         finetune_preserve_weight: λ_p of the preserve term.
         finetune_gate_weight: λ_g pulling the gates towards their closed-form values.
+        finetune_preserve_focus: share (0..1) of each step's preserve images drawn by damage:
+            per related concept (and for the general captions together), the running mean
+            squared difference between the trained and the unedited model's predictions on its
+            images (:class:`~ace_erasure.methods.ace.finetune.PreserveFocus`); the rest are drawn
+            uniformly. 0: all uniformly.
         finetune_gates: train the gates too (else only the factors).
         finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise;
             None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content). 2 by
@@ -200,6 +205,9 @@ class AceConfig:
     finetune_preserve_images: int = field(default=32, metadata={"help": "preserve images"})
     finetune_preserve_weight: float = field(default=10.0, metadata={"help": "λ_p (stage 2)"})
     finetune_gate_weight: float = field(default=0.1, metadata={"help": "λ_g (stage 2)"})
+    finetune_preserve_focus: float = field(
+        default=0.0, metadata={"help": "share of preserve draws led by damage (0..1)"}
+    )
     finetune_gates: bool = field(default=True, metadata={"help": "train the gates"})
     finetune_push: float | None = field(
         default=2.0, metadata={"help": "ESD negative guidance η (None: stage 1's push)"}
@@ -269,6 +277,10 @@ class AceConfig:
                 (self.finetune_preserve_images >= 0, "finetune_preserve_images must be >= 0"),
                 (self.finetune_preserve_weight >= 0, "finetune_preserve_weight must be >= 0"),
                 (self.finetune_gate_weight >= 0, "finetune_gate_weight must be >= 0"),
+                (
+                    0 <= self.finetune_preserve_focus <= 1,
+                    "finetune_preserve_focus must be in [0, 1]",
+                ),
                 (
                     self.finetune_push is None or self.finetune_push >= 0,
                     "finetune_push must be >= 0",

@@ -165,6 +165,57 @@ class PreservePrompts:
             chosen += spread(self.general, n - len(chosen))
         return chosen
 
+    def group(self, prompt: str) -> str:
+        """The related concept a preserve prompt shows ("" for a general caption)."""
+        for name, prompts in self.related.items():
+            if prompt in prompts:
+                return name
+        return ""
+
+
+class PreserveFocus:
+    """Which preserve images a stage-2 step trains on. With ``focus`` 0, uniformly; with
+    ``focus`` f > 0, a share f of the draws goes to each group (a related concept, or the general
+    captions) in proportion to its running damage: the mean squared difference between the
+    student's and the unedited model's noise predictions on its images (an exponential average
+    of the steps that drew it). Specificity is judged per concept, and the closed form's
+    embedding-space weights do not predict which concept the judge loses (a concept near the
+    erased one in images can be far from it in embeddings)."""
+
+    DECAY = 0.9
+
+    def __init__(self, groups: Sequence[str], focus: float) -> None:
+        self.names = sorted(set(groups))
+        self.index = torch.tensor([self.names.index(g) for g in groups])
+        self.focus = focus
+        self.damage = torch.full((len(self.names),), float("nan"))
+
+    def pick(self, n: int, generator: torch.Generator) -> list[int]:
+        """``n`` positions in the preserve rows."""
+        if not self.focus:
+            return [int(i) for i in torch.randint(len(self.index), (n,), generator=generator)]
+        known = self.damage[~self.damage.isnan()]
+        # a group not drawn yet counts as the most damaged one, so every group gets measured
+        damage = self.damage.nan_to_num(float(known.max()) if len(known) else 1.0)
+        share = damage / damage.sum() if float(damage.sum()) > 0 else damage.new_ones(len(damage))
+        sizes = torch.bincount(self.index, minlength=len(self.names)).double()
+        uniform = torch.full((len(self.index),), 1.0 / len(self.index), dtype=torch.float64)
+        focused = (share.double() / share.sum().double() / sizes)[self.index]
+        weights = (1 - self.focus) * uniform + self.focus * focused
+        drawn = torch.multinomial(weights, n, replacement=True, generator=generator)
+        return [int(i) for i in drawn]
+
+    def record(self, positions: Sequence[int], errors: torch.Tensor) -> None:
+        """Fold the errors of the preserve rows at ``positions`` into their groups' damage."""
+        for group in {int(self.index[p]) for p in positions}:
+            mean = float(
+                torch.stack([e for p, e in zip(positions, errors) if self.index[p] == group])
+                .mean()
+                .detach()
+            )
+            old = float(self.damage[group])
+            self.damage[group] = mean if old != old else self.DECAY * old + (1 - self.DECAY) * mean
+
 
 def training_examples(
     pipe,
@@ -307,6 +358,9 @@ def finetune(
         new_adversary() for _ in range(config.adversarial_pool if config.adversarial_every else 0)
     ]
     rounds = {"count": 0}
+    focus = PreserveFocus(
+        [preserve.group(examples.prompts[r]) for r in preserve_rows], config.finetune_preserve_focus
+    )
 
     def attack_round(step: int, step_generator: torch.Generator) -> None:
         """The inner attack: every prefix of the pool, warm-started, against the student on
@@ -342,7 +396,8 @@ def finetune(
         ]
         erase_rows = pick(concept_rows, config.finetune_batch)
         adv_rows = pick(attack_rows, config.finetune_batch) if pool else []
-        keep_rows = pick(preserve_rows, config.finetune_batch) if preserve_rows else []
+        keep_at = focus.pick(config.finetune_batch, step_generator) if preserve_rows else []
+        keep_rows = [preserve_rows[i] for i in keep_at]
         # preserve images seen through an adversarial prefix keep their own target (the prefix
         # alone must not erase other concepts): the last ``n_shield`` preserve rows
         # (a name replacement has nothing to replace in a preserve prompt: no shield)
@@ -413,6 +468,7 @@ def finetune(
         erase_loss = errors[:n_erase].mean()
         adv_loss = errors[n_erase : n_erase + n_adv].mean() if n_adv else errors.new_zeros(())
         keep_loss = errors[n_erase + n_adv :].mean() if keep_rows else errors.new_zeros(())
+        focus.record(keep_at, errors[n_erase + n_adv :])
         gate_loss = sum(
             (gate - closed_gates[name]).square().sum()
             for name, gate in adapter.gate_parameters().items()
@@ -436,6 +492,7 @@ def finetune(
         for i, adversary in enumerate(pool):
             state |= {f"pool.{i}.{k}": v for k, v in adversary.state().items()}
         state["rounds"] = torch.tensor([rounds["count"]])
+        state["preserve_damage"] = focus.damage.clone()
         return state
 
     def load_extra_state(state: dict[str, torch.Tensor]) -> None:
@@ -445,6 +502,8 @@ def finetune(
                 {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             )
         rounds["count"] = int(state["rounds"][0])
+        if "preserve_damage" in state:
+            focus.damage = state["preserve_damage"].clone()
 
     try:
         parameters = adapter.factor_parameters()
@@ -494,6 +553,11 @@ def finetune(
             "unet_modules": sum(k.startswith("unet.") and k not in edits for k in trained),
             "images": {"concept": len(concept_rows), "preserve": len(preserve_rows)},
             "adversarial_rounds": rounds["count"],
+            # running damage per preserve group (general captions: "general"; None: never drawn)
+            "preserve_damage": {
+                name or "general": None if d.isnan() else round(float(d), 6)
+                for name, d in zip(focus.names, focus.damage)
+            },
             "losses": state.log,
             "gates": {k: trained[k].gate.tolist() for k in edits if k.endswith("to_k")},
         },
