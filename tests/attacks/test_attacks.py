@@ -199,3 +199,19 @@ def test_attacks_stop_at_once_on_a_model_that_ignores_the_conditioning(tiny_pipe
     assert len(blind.losses[0]) == 1 and len(judge.seen) == 1  # judged once, then stopped
     seeing = ATTACKS[name].run(pipe, target, config, seed=1, check=_ScriptedJudge([0.0] * 6))
     assert len(seeing.losses[0]) == 6  # the same attack on the model that sees its prompt
+
+
+def test_per_row_adversaries_encode_each_prompt_with_its_own_adversary(tiny_pipes):
+    from ace_erasure.attacks.base import PerRow
+    from ace_erasure.attacks.soft_prompt import SoftPrefix, SoftTokens
+
+    pipe = tiny_pipes("sd1")
+    generator = torch.Generator().manual_seed(0)
+    first, second = (SoftPrefix(SoftTokens.random_vocabulary(pipe, 2, generator)) for _ in "ab")
+    joint = PerRow([first, second])
+    both = joint.encode(pipe, ["a red circle", "a blue star"])
+    assert torch.equal(both.embeds[0:1], first.encode(pipe, ["a red circle"]).embeds)
+    assert torch.equal(both.embeds[1:2], second.encode(pipe, ["a blue star"]).embeds)
+    assert len(joint.parameters()) == len(first.parameters()) + len(second.parameters())
+    with pytest.raises(ValueError, match="1 prompts for 2 adversaries"):
+        joint.encode(pipe, ["a red circle"])

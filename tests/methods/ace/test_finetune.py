@@ -319,3 +319,30 @@ def test_the_inner_attack_draws_the_configured_noise_samples(tiny_pipes, fast_wo
     assert seen and set(seen) == {2}
     with pytest.raises(ConfigError, match="adversarial_samples must be >= 1"):
         AceConfig(**TINY, adversarial_samples=0)
+
+
+@pytest.mark.parametrize("space", ["input", "conditioning"])
+def test_a_batched_inner_attack_trains_the_whole_pool_in_one_call_per_step(
+    space, tiny_pipes, fast_world, monkeypatch
+):
+    from ace_erasure.attacks import base
+
+    pipe = tiny_pipes("sd1")
+    batches = []
+    original = base.denoising_loss
+
+    def recording(pipe, adversary, prompts, *args, **kwargs):
+        batches.append(len(prompts))
+        return original(pipe, adversary, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(base, "denoising_loss", recording)
+    options = TINY | {"adversarial_pool": 3, "adversarial_space": space}
+    one_by_one = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
+    assert batches == [1, 1, 1] * 2  # 2 rounds x 3 adversaries x 1 step
+    batches.clear()
+    config = AceConfig(**options, adversarial_batched=True)
+    batched = erase(pipe, ["circle"], config=config, world=fast_world)
+    assert batches == [3, 3]  # 2 rounds, the pool in one batch
+    record = batched.stages[2].stats
+    assert record["adversarial_rounds"] == 2 and record["losses"][0]["adversarial"] > 0
+    assert any(not torch.allclose(batched.delta(k), one_by_one.delta(k)) for k in batched.edits)

@@ -142,6 +142,10 @@ class AceConfig:
             time (127 of 200 s on circle, measured with cProfile beside two other jobs).
         adversarial_pool: adversarial prefixes kept and refreshed (each on a random image).
         adversarial_weight: weight of the adversarial term against the erase term.
+        adversarial_batched: optimise the pool's adversaries together, one image each, in one
+            batch: one UNet call per inner step instead of one per adversary. Each adversary's
+            gradient is its own loss's divided by the pool size, which Adam's normalisation
+            undoes; the random timesteps and noise differ from the one-by-one rounds.
         adversarial_preserve: half of each step's preserve images are seen through an
             adversarial prefix too, with the teacher's prediction for the same conditioning as
             the target (the prefixes alone must not erase other concepts).
@@ -232,6 +236,9 @@ class AceConfig:
     adversarial_lr: float = field(default=0.01, metadata={"help": "inner attack learning rate"})
     adversarial_samples: int = field(
         default=4, metadata={"help": "noise draws per image and inner-attack step"}
+    )
+    adversarial_batched: bool = field(
+        default=False, metadata={"help": "optimise the pool's prefixes in one batch"}
     )
     adversarial_pool: int = field(default=4, metadata={"help": "adversarial prefixes kept"})
     adversarial_weight: float = field(default=1.0, metadata={"help": "adversarial term weight"})

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from ace_erasure.attacks.base import AttackTarget, optimise
+from ace_erasure.attacks.base import AttackTarget, PerRow, optimise
 from ace_erasure.attacks.conditioning import Residual
 from ace_erasure.attacks.soft_prompt import SoftPrefix
 from ace_erasure.attacks.textual_inversion import NewToken, mentions_name
@@ -364,7 +364,34 @@ def finetune(
 
     def attack_round(step: int, step_generator: torch.Generator) -> None:
         """The inner attack: every prefix of the pool, warm-started, against the student on
-        one random concept image each."""
+        one random concept image each (``adversarial_batched``: all in one batch)."""
+        if config.adversarial_batched:
+            rows = [
+                attack_rows[int(torch.randint(len(attack_rows), (1,), generator=step_generator))]
+                for _ in pool
+            ]
+            target = AttackTarget(
+                "concept",
+                [examples.prompts[r] for r in rows],
+                [0] * len(rows),
+                examples.latents[rows],
+                guidance=guidance,
+            )
+            joint = PerRow(pool)
+            with requires_grad(hooked_params, False):
+                optimise(
+                    pipe,
+                    joint,
+                    target,
+                    steps=config.adversarial_steps,
+                    lr=config.adversarial_lr,
+                    seed=seed * 7919 + step * 31,
+                    guidance=guidance,
+                    after_step=joint.project,
+                    samples=config.adversarial_samples,
+                )
+            rounds["count"] += 1
+            return
         for index, adversary in enumerate(pool):
             row = attack_rows[int(torch.randint(len(attack_rows), (1,), generator=step_generator))]
             target = AttackTarget(
