@@ -87,14 +87,21 @@ class AceConfig:
         finetune_batch: images per step in each of the erase, adversarial and preserve terms.
         finetune_images: images of each concept drawn by the unedited model (over its templates
             and its world's attribute words, :func:`ace_erasure.prompts.attribute_templates`).
-        finetune_preserve_images: images of the preserve prompts drawn by the unedited model.
+        finetune_preserve_images: images of the preserve prompts drawn by the unedited model
+            (half for the related concepts, half general captions; drawn once and cached, so
+            the number costs no time per step). 64: on circle and heart, both ToyWorlds, 16
+            images per other shape, the other shapes lost 1.4 / 0.7 / 2.1 / 2.1 points (worst
+            shape 2 / 1 / 3 / 3 of 16) against 10.4 / 6.9 / 6.2 / 12.5 (12 / 8 / 5 / 13) with
+            32, at the same soft-prompt ASR (0 on all four); stop 20, benchmarks/README.md.
         finetune_preserve_weight: λ_p of the preserve term.
         finetune_gate_weight: λ_g pulling the gates towards their closed-form values.
         finetune_preserve_focus: share (0..1) of each step's preserve images drawn by damage:
             per related concept (and for the general captions together), the running mean
             squared difference between the trained and the unedited model's predictions on its
             images (:class:`~ace_erasure.methods.ace.finetune.PreserveFocus`); the rest are drawn
-            uniformly. 0: all uniformly.
+            uniformly. 0: all uniformly (the default: with 64 preserve images the focus made
+            the other shapes no better, 2.1–5.6 points lost against 0.7–2.1 without it; with 32
+            it moved the loss between shapes).
         finetune_gates: train the gates too (else only the factors).
         finetune_push: η, ESD's negative guidance on the erase target (0: the anchor's noise;
             None: stage 1's ``anchor_push`` of the concepts, 0.5 for explicit content). 2 by
@@ -206,7 +213,7 @@ class AceConfig:
     finetune_lr: float = field(default=1e-3, metadata={"help": "stage-2 learning rate"})
     finetune_batch: int = field(default=4, metadata={"help": "images per term and step"})
     finetune_images: int = field(default=8, metadata={"help": "unedited images per concept"})
-    finetune_preserve_images: int = field(default=32, metadata={"help": "preserve images"})
+    finetune_preserve_images: int = field(default=64, metadata={"help": "preserve images"})
     finetune_preserve_weight: float = field(default=10.0, metadata={"help": "λ_p (stage 2)"})
     finetune_gate_weight: float = field(default=0.1, metadata={"help": "λ_g (stage 2)"})
     finetune_preserve_focus: float = field(
