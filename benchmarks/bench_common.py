@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import ace_erasure
-from ace_erasure.attacks import attack_config
+from ace_erasure.attacks import attack_config, parse_attack_settings
 from ace_erasure.evaluation.evaluate import DEFAULT_ATTACKS, EvaluateSettings, evaluate
 from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
@@ -60,19 +60,6 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
     label, _, method = head.rpartition("=")
     parsed = parse_overrides([o for o in options.split(",") if o]) if options else {}
     return label or text, method, parsed
-
-
-def attack_options(items: list[str]) -> dict[str, dict]:
-    """``["soft.lr=0.03", "soft.steps=100"]`` -> ``{"soft": {"lr": 0.03, "steps": 100}}``."""
-    options: dict[str, dict] = {}
-    for key, value in parse_overrides(items).items():
-        attack, _, option = key.partition(".")
-        if not option:
-            raise ace_erasure.errors.ConfigError(
-                f"--attack-set takes attack.key=value, got {key!r}"
-            )
-        options[attack] = {**options.get(attack, {}), option: value}
-    return options
 
 
 def model_folder(name: str) -> Path:
@@ -247,7 +234,7 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
 
     # bad input fails now, in one line, not after an hour
     try:
-        args.attack_options = attack_options(args.attack_set)
+        args.attack_options = parse_attack_settings(args.attack_set)
         for name in {*args.attacks, *args.attack_options}:
             attack_config(name, args.attack_options.get(name, {}))
         variants = [parse_variant(v) for v in args.variants]

@@ -22,10 +22,11 @@ import torch
 
 import ace_erasure
 from ace_erasure.errors import AceError
-from ace_erasure.toyworld.assets import bundled_dir, manifest
+from ace_erasure.toyworld.assets import manifest
 from ace_erasure.toyworld.vocab import vocabulary
 from ace_erasure.toyworld.world import ToyWorld
 from ace_erasure.training.checkpoint import atomic_write_text
+from bench_common import interruptible, model_folder
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < 1:
         parser.error("--images must be >= 1")
-    folders = [bundled_dir() if m == "bundled" else Path(m) for m in args.models]
+    folders = [model_folder(m) for m in args.models]
     try:
         seeds = [manifest(f)["config"]["seed"] for f in folders]
     except AceError as error:
@@ -111,6 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from bench_common import interruptible
-
     interruptible(main)

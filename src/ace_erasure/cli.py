@@ -467,7 +467,7 @@ def evaluate(
     import dataclasses
 
     from ace_erasure.api import apply as apply_erasure
-    from ace_erasure.attacks import attack_config
+    from ace_erasure.attacks import attack_config, parse_attack_settings
     from ace_erasure.erasure import Erasure
     from ace_erasure.errors import ConfigError
     from ace_erasure.evaluation.evaluate import QUICK, QUICK_ATTACK_OPTIONS, EvaluateSettings
@@ -475,7 +475,6 @@ def evaluate(
     from ace_erasure.evaluation.real_judges import load_judge
     from ace_erasure.evaluation.suites import load_suite_file, suite_from_entry
     from ace_erasure.io import check_output_folder
-    from ace_erasure.methods.base import parse_overrides
     from ace_erasure.worlds import load_pipeline, world_for
 
     check_output_folder(out, overwrite=overwrite)
@@ -485,11 +484,8 @@ def evaluate(
     )
     options: dict[str, dict] = dict(QUICK_ATTACK_OPTIONS) if quick else {}
     try:
-        for key, value in parse_overrides(attack_set or []).items():
-            attack, _, option = key.partition(".")
-            if not option:
-                raise ConfigError(f"--attack-set takes attack.key=value, got {key!r}")
-            options[attack] = {**options.get(attack, {}), option: value}
+        for attack, values in parse_attack_settings(attack_set or []).items():
+            options[attack] = {**options.get(attack, {}), **values}
         for name in {*names, *options}:
             attack_config(name, options.get(name, {}))  # unknown attacks / options: one line now
     except ConfigError as error:

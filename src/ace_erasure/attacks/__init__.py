@@ -14,6 +14,7 @@ cond       a free residual on the text encoder's output                upper bou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from ace_erasure.attacks.base import (
@@ -47,6 +48,20 @@ def get_attack(name: str):
     return ATTACKS[name]
 
 
+def parse_attack_settings(items: Sequence[str]) -> dict[str, dict]:
+    """``--attack-set`` values -> options per attack:
+    ``["soft.lr=0.03", "soft.steps=100"]`` -> ``{"soft": {"lr": 0.03, "steps": 100}}``."""
+    from ace_erasure.methods.base import parse_overrides
+
+    options: dict[str, dict] = {}
+    for key, value in parse_overrides(items).items():
+        attack, _, option = key.partition(".")
+        if not option:
+            raise ConfigError(f"--attack-set takes attack.key=value, got {key!r}")
+        options[attack] = {**options.get(attack, {}), option: value}
+    return options
+
+
 def attack_config(name: str, options: dict | None = None, kind: str | None = None):
     """The config of attack ``name`` from a dict of its fields (a ConfigError for unknown ones).
     With the erased concept's ``kind``, the attack's defaults for that kind apply first (the
@@ -70,4 +85,5 @@ __all__ = [
     "attack_config",
     "generate_attacked",
     "get_attack",
+    "parse_attack_settings",
 ]

@@ -196,25 +196,25 @@ class PreserveFocus:
             return [int(i) for i in torch.randint(len(self.index), (n,), generator=generator)]
         known = self.damage[~self.damage.isnan()]
         # a group not drawn yet counts as the most damaged one, so every group gets measured
-        damage = self.damage.nan_to_num(float(known.max()) if len(known) else 1.0)
-        share = damage / damage.sum() if float(damage.sum()) > 0 else damage.new_ones(len(damage))
+        damage = self.damage.nan_to_num(float(known.max()) if len(known) else 1.0).double()
+        share = damage if float(damage.sum()) > 0 else torch.ones_like(damage)
         sizes = torch.bincount(self.index, minlength=len(self.names)).double()
-        uniform = torch.full((len(self.index),), 1.0 / len(self.index), dtype=torch.float64)
-        focused = (share.double() / share.sum().double() / sizes)[self.index]
-        weights = (1 - self.focus) * uniform + self.focus * focused
+        focused = (share / share.sum() / sizes)[self.index]
+        weights = (1 - self.focus) / len(self.index) + self.focus * focused
         drawn = torch.multinomial(weights, n, replacement=True, generator=generator)
         return [int(i) for i in drawn]
 
     def record(self, positions: Sequence[int], errors: torch.Tensor) -> None:
         """Fold the errors of the preserve rows at ``positions`` into their groups' damage."""
-        for group in {int(self.index[p]) for p in positions}:
-            mean = float(
-                torch.stack([e for p, e in zip(positions, errors) if self.index[p] == group])
-                .mean()
-                .detach()
-            )
-            old = float(self.damage[group])
-            self.damage[group] = mean if old != old else self.DECAY * old + (1 - self.DECAY) * mean
+        if not len(positions):
+            return
+        groups = self.index[list(positions)]
+        counts = torch.bincount(groups, minlength=len(self.names))
+        sums = torch.zeros(len(self.names)).index_add_(0, groups, errors.detach().float())
+        seen = counts > 0
+        mean, old = sums[seen] / counts[seen], self.damage[seen]
+        averaged = self.DECAY * old + (1 - self.DECAY) * mean
+        self.damage[seen] = torch.where(old.isnan(), mean, averaged)
 
 
 def training_examples(
@@ -364,11 +364,13 @@ def finetune(
 
     def attack_round(step: int, step_generator: torch.Generator) -> None:
         """The inner attack: every prefix of the pool, warm-started, against the student on
-        one random concept image each (``adversarial_batched``: all in one batch)."""
-        if config.adversarial_batched:
+        one random concept image each; one by one, or (``adversarial_batched``) all in one
+        batch."""
+        groups = [pool] if config.adversarial_batched else [[a] for a in pool]
+        for index, group in enumerate(groups):
             rows = [
                 attack_rows[int(torch.randint(len(attack_rows), (1,), generator=step_generator))]
-                for _ in pool
+                for _ in group
             ]
             target = AttackTarget(
                 "concept",
@@ -377,7 +379,7 @@ def finetune(
                 examples.latents[rows],
                 guidance=guidance,
             )
-            joint = PerRow(pool)
+            joint = PerRow(group)
             with requires_grad(hooked_params, False):
                 optimise(
                     pipe,
@@ -385,32 +387,9 @@ def finetune(
                     target,
                     steps=config.adversarial_steps,
                     lr=config.adversarial_lr,
-                    seed=seed * 7919 + step * 31,
-                    guidance=guidance,
-                    after_step=joint.project,
-                    samples=config.adversarial_samples,
-                )
-            rounds["count"] += 1
-            return
-        for index, adversary in enumerate(pool):
-            row = attack_rows[int(torch.randint(len(attack_rows), (1,), generator=step_generator))]
-            target = AttackTarget(
-                "concept",
-                [examples.prompts[row]],
-                [0],
-                examples.latents[row : row + 1],
-                guidance=guidance,
-            )
-            with requires_grad(hooked_params, False):
-                optimise(
-                    pipe,
-                    adversary,
-                    target,
-                    steps=config.adversarial_steps,
-                    lr=config.adversarial_lr,
                     seed=seed * 7919 + step * 31 + index,
                     guidance=guidance,
-                    after_step=getattr(adversary, "project", None),
+                    after_step=joint.project,
                     samples=config.adversarial_samples,
                 )
         rounds["count"] += 1
