@@ -49,9 +49,14 @@ def _assert_stock_diffusers_draws_the_same(pipe, erasure, tmp_path, base) -> Non
     erasure.save(tmp_path / "e")
     with Erasure.load(tmp_path / "e").apply(pipe):
         ours = _image(pipe)
+    # stock diffusers (PEFT) freezes the base weights and leaves them frozen after unloading;
+    # the session's shared pipeline must stay as other tests expect it
+    trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
     pipe.load_lora_weights(str(tmp_path / "e"))
     stock = _image(pipe)
     pipe.unload_lora_weights()
+    for p in trainable:
+        p.requires_grad_(True)
     assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
     assert np.array_equal(_image(pipe), base)
 
