@@ -114,6 +114,29 @@ def run_one(args, variants, folder: Path, concept_names: list[str], out: Path) -
     )
 
 
+def others_lost(metrics: dict) -> dict[str, int]:
+    """Per other concept, the images it lost against the unedited model (``others_lost``; for
+    result files written before it existed, from the wrong-answer counts, which give the same
+    numbers)."""
+    if "others_lost" in metrics:
+        return metrics["others_lost"]
+    lost: dict[str, int] = {}
+    for sign, key in ((1, "others_wrong"), (-1, "others_wrong_base")):
+        for mistake, count in (metrics.get(key) or {}).items():
+            concept = mistake.split(" -> ")[0]
+            lost[concept] = lost.get(concept, 0) + sign * count
+    return {k: v for k, v in sorted(lost.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def most_lost(row: dict) -> str:
+    """ "hexagon 3/16": the other concept that lost the most images (of its images), "0" for none."""
+    if not row["others_lost"]:
+        return "0"
+    concept, lost = next(iter(row["others_lost"].items()))
+    of = row["others_images"].get(concept)
+    return f"{concept} {lost}" + (f"/{of}" if of else "")
+
+
 def rows_from(out: Path) -> list[dict]:
     rows = []
     for results_file in sorted(out.glob("*/*/results.json")):
@@ -131,6 +154,8 @@ def rows_from(out: Path) -> list[dict]:
                     "acc_g": m["acc_g"],
                     "acc_s": m["acc_s"],
                     "acc_s_base": m["acc_s_base"],
+                    "others_lost": others_lost(m),
+                    "others_images": m.get("others_images", {}),
                     "attacks": {
                         name: {
                             k: a.get(k)
@@ -167,10 +192,12 @@ def markdown(rows: list[dict], attacks: list[str]) -> str:
         "control without attack (it ignores the conditioning, so no attack can change its images). "
         "Command and settings: `results.json` of each folder.",
         "",
-        "| model | concept | variant | Acc_e | Acc_g | Acc_s (base) | H | no-attack | blind chance | "
-        + " | ".join(attacks)
-        + " | erase s |",
-        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(attacks) + "---|",
+        "Most lost = the other concept that lost the most images against the unedited model "
+        "(more of its images judged wrong after the erasure than before), of its images.",
+        "",
+        "| model | concept | variant | Acc_e | Acc_g | Acc_s (base) | most lost | H | no-attack | "
+        "blind chance | " + " | ".join(attacks) + " | erase s |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(attacks) + "---|",
     ]
     for r in rows:
         cells = []
@@ -185,7 +212,8 @@ def markdown(rows: list[dict], attacks: list[str]) -> str:
         no_attack, chance = first.get("no_attack_rate"), first.get("no_attack_rate_text_blind")
         lines.append(
             f"| {r['model']} | {r['concept']} | {r['variant']} | {fmt(r['acc_e'])} | {fmt(r['acc_g'])} | "
-            f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])}) | {fmt(r['H'])} | {fmt(no_attack)} | "
+            f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])}) | {most_lost(r)} | {fmt(r['H'])} | "
+            f"{fmt(no_attack)} | "
             f"{fmt(chance)} | " + " | ".join(cells) + f" | {fmt(r['erase_seconds'])} |"
         )
     n_pairs = {a["n_pairs"] for r in rows for a in r["attacks"].values()}

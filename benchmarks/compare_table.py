@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench_common import rows_from
+from bench_common import most_lost, rows_from
 
 
 def table(folders: list[Path]) -> str:
@@ -21,17 +21,18 @@ def table(folders: list[Path]) -> str:
     rows.sort(key=lambda r: (r["concept"], r["model"], order[r["variant"]]))
     attacks = list(dict.fromkeys(a for r in rows for a in r["attacks"]))
     lines = [
-        "| concept | model | method | Acc_e / Acc_g / Acc_s (base) | H | no attack | "
+        "| concept | model | method | Acc_e / Acc_g / Acc_s (base) | most lost | H | no attack | "
         + " | ".join(f"{a} ASR" for a in attacks)
         + " | erase s |",
-        "|---" * (7 + len(attacks)) + "|",
+        "|---" * (8 + len(attacks)) + "|",
     ]
     for r in rows:
         asr = [f"{r['attacks'][a]['asr']:.2f}" if a in r["attacks"] else "–" for a in attacks]
         first = next(iter(r["attacks"].values()), {})
         lines.append(
             f"| {r['concept']} | {r['model']} | {r['variant']} | {r['acc_e']:.2f} / "
-            f"{r['acc_g']:.2f} / {r['acc_s']:.2f} ({r['acc_s_base']:.2f}) | {r['H']:.2f} | "
+            f"{r['acc_g']:.2f} / {r['acc_s']:.2f} ({r['acc_s_base']:.2f}) | {most_lost(r)} | "
+            f"{r['H']:.2f} | "
             f"{first.get('no_attack_rate', float('nan')):.2f} | "
             + " | ".join(asr)
             + f" | {r['erase_seconds']:.0f} |"
@@ -61,7 +62,12 @@ def table(folders: list[Path]) -> str:
         lines.append(f"| {r['concept']} | {r['model']} | " + " | ".join(cells) + " |")
     n_pairs = sorted({x["n_pairs"] for r in rows for x in r["attacks"].values()})
     modes = sorted({x["mode"] for r in rows for x in r["attacks"].values()})
-    lines += ["", f"Attack pairs per cell: {n_pairs}; mode: {', '.join(modes)}."]
+    lines += [
+        "",
+        f"Attack pairs per cell: {n_pairs}; mode: {', '.join(modes)}. Most lost: the other "
+        "concept that lost the most images against the unedited model (/ its images, where the "
+        "result file records them).",
+    ]
     return "\n".join(lines) + "\n"
 
 

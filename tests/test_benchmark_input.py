@@ -101,3 +101,23 @@ def test_ctrl_c_in_a_benchmark_is_one_line_and_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: interrupted (finished results are kept)"
     ]
+
+
+def test_the_tables_most_lost_column_reads_old_and_new_result_files(monkeypatch):
+    """Result files written before ``others_lost`` existed give the same column, from their
+    wrong-answer counts."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_common import most_lost, others_lost
+
+    new = {"others_lost": {"hexagon": 3, "diamond": 1}, "others_images": {"hexagon": 16}}
+    old = {
+        "others_wrong": {"hexagon -> circle": 2, "diamond -> none": 1, "hexagon -> none": 1},
+        "others_wrong_base": {"star -> none": 1, "diamond -> ambiguous": 1},
+    }
+    assert others_lost(new) == {"hexagon": 3, "diamond": 1}
+    assert others_lost(old) == {"hexagon": 2 + 1}  # diamond: 1 wrong, as on the unedited model
+    assert most_lost({"others_lost": others_lost(new), "others_images": {"hexagon": 16}}) == (
+        "hexagon 3/16"
+    )
+    assert most_lost({"others_lost": others_lost(old), "others_images": {}}) == "hexagon 3"
+    assert most_lost({"others_lost": {}, "others_images": {}}) == "0"

@@ -8,8 +8,10 @@ from ace_erasure.evaluation.metrics import (
     accuracy,
     concept_metrics,
     harmonic,
+    images_lost,
     label_counts,
     mistakes,
+    per_concept,
     split_by_role,
     summarise,
 )
@@ -61,9 +63,26 @@ def test_concept_metrics_by_role():
     assert (row["acc_e_base"], row["acc_s_base"], row["attribute_acc"]) == (1.0, 1.0, 1.0)
     assert row["H"] == pytest.approx(harmonic(0.25, 0.0, 0.75))
     assert row["others_wrong"] == {"square -> none": 1} and row["labels_named"]["none"] == 3
+    assert row["others_lost"] == {"square": 1} and row["others_images"] == {"square": 4}
     assert row["n"] == {"named": 4, "synonyms": 2, "others": 4, "attributes": 1}
     with pytest.raises(ValueError, match="outcomes for a suite"):
         split_by_role(suite, erased[:-1])
+
+
+def test_images_lost_counts_against_the_unedited_model():
+    probes = [Probe(f"p{i}", "shape", c, c, "shapes") for i, c in enumerate("aaaabbbbcccc")]
+    # the unedited model already gets two of b's and one of c's images wrong
+    base_labels = ["a"] * 4 + ["b", "b", "x", "x"] + ["c", "c", "c", "x"]
+    # erased: a loses 3, b has the same 2 wrong images as before, c gets its wrong one right
+    erased_labels = ["a", "x", "x", "x"] + ["b", "b", "x", "x"] + ["c"] * 4
+    base = [_outcome(p, label) for p, label in zip(probes, base_labels)]
+    erased = [_outcome(p, label) for p, label in zip(probes, erased_labels)]
+    assert images_lost(base, erased) == {"a": 3}
+    assert images_lost(base, base) == {}
+    # b loses one more than the unedited model (3 wrong against 2), whichever images they are
+    erased[4] = _outcome(probes[4], "x")
+    assert list(images_lost(base, erased).items()) == [("a", 3), ("b", 1)]
+    assert per_concept(erased) == {"a": 4, "b": 4, "c": 4}
 
 
 def test_summaries_and_counts():

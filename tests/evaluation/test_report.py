@@ -87,6 +87,11 @@ def _results(folder: Path) -> dict:
                         "labels_named": {"none": 16},
                         "others_wrong": {"hexagon -> none": 2},
                         "others_wrong_base": {},
+                        **(
+                            {"others_lost": {"hexagon": 2}, "others_images": {"hexagon": 4}}
+                            if index == 0
+                            else {}
+                        ),  # result files before it have none
                     },
                     "attacks": attacks,
                     "images": {
@@ -215,6 +220,8 @@ def test_report_is_self_contained_and_shows_everything_in_a_browser(tmp_path):
     flagged = html.count('class="bad" title="sanity check failed: should be ≤')
     assert flagged == len(results["erasures"]) * len(CONCEPTS)  # hard only, not soft
     assert "lr: 0.001" in html  # configs print as written
+    lost = "images lost against the unedited model: hexagon: 2\n  of hexagon: 4"
+    assert html.count(lost) == len(results["erasures"])  # the first concept of each erasure
     assert not list(folder.glob(".*"))  # no temporary file left
     assert write_report(results, folder).read_bytes() == html.encode("utf-8")  # deterministic
 

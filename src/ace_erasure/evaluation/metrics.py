@@ -7,7 +7,10 @@ expected), ``ambiguous`` and ``p_expected``.
 - ``Acc_e``: accuracy on prompts naming the erased concept (efficacy = 1 − Acc_e);
 - ``Acc_g``: the same on synonyms / indirect prompts not given to the method;
 - ``Acc_s``: accuracy on the other concepts (also reported for the unedited model);
-- ``H = 3 / (1/(1 − Acc_e) + 1/Acc_s + 1/(1 − Acc_g))`` (MACE's H_o).
+- ``H = 3 / (1/(1 − Acc_e) + 1/Acc_s + 1/(1 − Acc_g))`` (MACE's H_o);
+- per other concept, the images it lost: how many more of its images the judge gets wrong
+  after the erasure than on the unedited model (same prompts and seeds). Acc_s pools the other
+  concepts; this says whether one of them paid for all of it.
 """
 
 from __future__ import annotations
@@ -54,6 +57,25 @@ def mistakes(outcomes: Sequence[dict]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def images_lost(base: Sequence[dict], erased: Sequence[dict]) -> dict[str, int]:
+    """Per concept, wrong answers on ``erased`` minus wrong answers on ``base`` (the same probes,
+    the unedited model), for the concepts that lost at least one image, most lost first."""
+    lost: dict[str, int] = defaultdict(int)
+    for o in erased:
+        lost[o["concept"]] += not o["correct"]
+    for o in base:
+        lost[o["concept"]] -= not o["correct"]
+    return {k: v for k, v in sorted(lost.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def per_concept(outcomes: Sequence[dict]) -> dict[str, int]:
+    """How many images each concept has in ``outcomes``."""
+    counts: dict[str, int] = defaultdict(int)
+    for o in outcomes:
+        counts[o["concept"]] += 1
+    return dict(counts)
+
+
 def split_by_role(suite: Suite, outcomes: Sequence[dict]) -> dict[str, list[dict]]:
     """The outcomes of each role of ``suite`` (outcomes in the order of ``suite.probes()``)."""
     roles: dict[str, list[dict]] = {}
@@ -69,7 +91,8 @@ def split_by_role(suite: Suite, outcomes: Sequence[dict]) -> dict[str, list[dict
 def concept_metrics(suite: Suite, base: Sequence[dict], erased: Sequence[dict]) -> dict:
     """Acc_e, Acc_g, Acc_s, H and the attribute accuracy of one erased concept, each beside the
     unedited model's value on the same probes and seeds; plus what the named prompts became and
-    which other concepts were lost."""
+    which other concepts were lost (``others_lost``, against the unedited model, out of
+    ``others_images`` each)."""
     b, e = split_by_role(suite, base), split_by_role(suite, erased)
     acc_e, acc_g, acc_s = accuracy(e["named"]), accuracy(e["synonyms"]), accuracy(e["others"])
     return {
@@ -90,6 +113,8 @@ def concept_metrics(suite: Suite, base: Sequence[dict], erased: Sequence[dict]) 
         "labels_named": label_counts(e["named"]),
         "others_wrong": mistakes(e["others"]),
         "others_wrong_base": mistakes(b["others"]),
+        "others_lost": images_lost(b["others"], e["others"]),
+        "others_images": per_concept(e["others"]),
     }
 
 
