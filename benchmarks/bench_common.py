@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -43,14 +44,30 @@ CONCEPTS = ("circle", "heart", "Varela", "Mira Kestrel", "hazard")
 HERE = Path(__file__).parent
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the benchmark is, so its ``finally`` blocks run (a BaseException,
+    like KeyboardInterrupt, so no ``except Exception`` swallows it)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def interruptible(entry: Callable[[], None]) -> None:
-    """Run a benchmark's ``entry``; Ctrl-C is one line and exit code 130 (results are written
-    whole or not at all, and finished folders are kept for a rerun to skip)."""
+    """Run a benchmark's ``entry``; Ctrl-C is one line and exit code 130, SIGTERM (``kill``, a
+    job scheduler) one line and 143 (results are written whole or not at all, finished folders
+    are kept for a rerun to skip, and the run's claims on unfinished ones are released)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         entry()
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted (finished results are kept)\n")
         sys.exit(130)
+    except Terminated:
+        sys.stderr.write("error: terminated (finished results are kept)\n")
+        sys.exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:

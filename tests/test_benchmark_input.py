@@ -4,7 +4,10 @@ traceback after an hour of work, and nothing is written."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,31 @@ def test_ctrl_c_in_a_benchmark_is_one_line_and_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: interrupted (finished results are kept)"
     ]
+
+
+def test_sigterm_in_a_benchmark_releases_its_claims_and_exits_143(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_common import interruptible
+
+    claim = tmp_path / ".circle.claim"
+    before = signal.getsignal(signal.SIGTERM)
+
+    def killed() -> None:
+        claim.mkdir()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            claim.rmdir()
+
+    with pytest.raises(SystemExit) as exit_info:
+        interruptible(killed)
+    assert exit_info.value.code == 143
+    assert not claim.exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: terminated (finished results are kept)"
+    ]
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is not left behind
 
 
 def test_the_tables_most_lost_column_reads_old_and_new_result_files(monkeypatch):
