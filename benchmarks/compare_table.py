@@ -2,7 +2,7 @@
 ``--out`` of theirs): rows ordered by concept, model and first appearance of the variant.
 
     python benchmarks/compare_table.py results/compare_closed_form results/compare_trained \\
-        --out results/compare_circle_heart.md
+        --out results/compare_circle_heart.md [--concepts circle heart]
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from pathlib import Path
 from bench_common import most_lost, rows_from
 
 
-def table(folders: list[Path]) -> str:
+def table(folders: list[Path], concepts: list[str] | None = None) -> str:
     rows = [r for folder in folders for r in rows_from(folder)]
+    if concepts:
+        rows = [r for r in rows if r["concept"] in concepts]
+        if not rows:
+            raise ValueError(f"no rows for the concepts {', '.join(concepts)}")
     order: dict[str, int] = {}
     for r in rows:
         order.setdefault(r["variant"], len(order))
@@ -77,11 +81,15 @@ def main() -> None:
     )
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--concepts", nargs="+", default=None, help="only these concepts' rows")
     args = parser.parse_args()
     missing = [str(f) for f in args.folders if not any(f.glob("*/*/results.json"))]
     if missing:
         parser.error(f"no <model>/<concept>/results.json under {', '.join(missing)}")
-    text = table(args.folders)
+    try:
+        text = table(args.folders, args.concepts)
+    except ValueError as error:
+        parser.error(str(error))
     if args.out:
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(text)

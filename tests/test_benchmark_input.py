@@ -4,6 +4,7 @@ traceback after an hour of work, and nothing is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -149,3 +150,28 @@ def test_the_tables_most_lost_column_reads_old_and_new_result_files(monkeypatch)
     )
     assert most_lost({"others_lost": others_lost(old), "others_images": {}}) == "hexagon 3"
     assert most_lost({"others_lost": {}, "others_images": {}}) == "0"
+
+
+def test_compare_table_keeps_the_concepts_asked_for(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from compare_table import table
+
+    attack = {"asr": 0.0, "no_attack_rate": 0.0, "asr_unedited": 1.0, "asr_text_blind": 0.0}
+    attack |= {"no_attack_rate_text_blind": 0.0, "n_pairs": 8, "mode": "per-seed"}
+    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+    for concept in ("circle", "heart"):
+        result = {"concept": concept, "metrics": metrics, "attacks": {"soft": attack}}
+        entry = {"label": "ace", "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
+        folder = tmp_path / "seed0" / concept
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(
+            json.dumps({"erasures": [{**entry, "results": [result]}]})
+        )
+
+    def concepts(text: str) -> list[str]:  # of the result rows and the control rows
+        return [line.split(" | ")[0][2:] for line in text.splitlines() if "| seed0 |" in line]
+
+    assert concepts(table([tmp_path])) == ["circle", "heart", "circle", "heart"]
+    assert concepts(table([tmp_path], ["heart"])) == ["heart", "heart"]
+    with pytest.raises(ValueError, match="no rows for the concepts octopus"):
+        table([tmp_path], ["octopus"])
