@@ -82,7 +82,11 @@ class AceConfig:
 
         stage: 1 = the closed form alone; 2 = followed by the adversarially augmented
             fine-tuning below (``ace-erasure erase --stage 2``).
-        finetune_steps: outer optimisation steps.
+        finetune_steps: outer optimisation steps, shared by all the concepts erased together:
+            with ten concepts each gets a tenth of a single erasure's images. The ten ToyWorld
+            shapes at once kept a soft-prompt ASR of 0.10 ‖ 0.40 (ToyWorld seed 0 ‖ 1) with
+            150 steps and a pool of 4, 0.05 ‖ 0.20 with 450 and 8 (benchmarks/README.md, stop
+            21); raise both for many concepts.
         finetune_lr: Adam learning rate of the LoRA factors and gates.
         finetune_batch: images per step in each of the erase, adversarial and preserve terms.
         finetune_images: images of each concept drawn by the unedited model (over its templates
@@ -147,7 +151,8 @@ class AceConfig:
         adversarial_samples: noise draws (random timesteps) per image in each inner-attack step
             (the evaluation's soft-prompt attack uses 4). The inner attack is most of stage 2's
             time (127 of 200 s on circle, measured with cProfile beside two other jobs).
-        adversarial_pool: adversarial prefixes kept and refreshed (each on a random image).
+        adversarial_pool: adversarial prefixes kept and refreshed (each on a random image of
+            a random concept erased; see ``finetune_steps`` for many concepts).
         adversarial_weight: weight of the adversarial term against the erase term.
         adversarial_batched: optimise the pool's adversaries together, one image each, in one
             batch: one UNet call per inner step instead of one per adversary. Each adversary's
