@@ -146,7 +146,8 @@ def others_lost(metrics: dict) -> dict[str, int]:
 
 
 def most_lost(row: dict) -> str:
-    """ "hexagon 3/16": the other concept that lost the most images (of its images), "0" for none."""
+    """The other concept that lost the most images, as "hexagon 3/16" (of its images); "0"
+    when none lost any."""
     if not row["others_lost"]:
         return "0"
     concept, lost = next(iter(row["others_lost"].items()))
