@@ -34,6 +34,7 @@ import torch
 import ace_erasure
 from ace_erasure.attacks import attack_config, parse_attack_settings
 from ace_erasure.evaluation.evaluate import DEFAULT_ATTACKS, EvaluateSettings, evaluate
+from ace_erasure.evaluation.metrics import lost_from_mistakes
 from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
 from ace_erasure.toyworld.assets import bundled_dir, manifest
@@ -137,12 +138,9 @@ def others_lost(metrics: dict) -> dict[str, int]:
     numbers)."""
     if "others_lost" in metrics:
         return metrics["others_lost"]
-    lost: dict[str, int] = {}
-    for sign, key in ((1, "others_wrong"), (-1, "others_wrong_base")):
-        for mistake, count in (metrics.get(key) or {}).items():
-            concept = mistake.split(" -> ")[0]
-            lost[concept] = lost.get(concept, 0) + sign * count
-    return {k: v for k, v in sorted(lost.items(), key=lambda kv: -kv[1]) if v > 0}
+    return lost_from_mistakes(
+        metrics.get("others_wrong") or {}, metrics.get("others_wrong_base") or {}
+    )
 
 
 def most_lost(row: dict) -> str:

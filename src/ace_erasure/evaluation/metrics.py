@@ -60,11 +60,16 @@ def mistakes(outcomes: Sequence[dict]) -> dict[str, int]:
 def images_lost(base: Sequence[dict], erased: Sequence[dict]) -> dict[str, int]:
     """Per concept, wrong answers on ``erased`` minus wrong answers on ``base`` (the same probes,
     the unedited model), for the concepts that lost at least one image, most lost first."""
+    return lost_from_mistakes(mistakes(erased), mistakes(base))
+
+
+def lost_from_mistakes(wrong: dict[str, int], wrong_base: dict[str, int]) -> dict[str, int]:
+    """:func:`images_lost` from two :func:`mistakes` counts ("concept -> label": n), as result
+    files record them (``others_wrong`` and ``others_wrong_base``)."""
     lost: dict[str, int] = defaultdict(int)
-    for o in erased:
-        lost[o["concept"]] += not o["correct"]
-    for o in base:
-        lost[o["concept"]] -= not o["correct"]
+    for sign, counts in ((1, wrong), (-1, wrong_base)):
+        for mistake, count in counts.items():
+            lost[mistake.split(" -> ")[0]] += sign * count
     return {k: v for k, v in sorted(lost.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
