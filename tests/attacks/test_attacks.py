@@ -142,6 +142,8 @@ def test_judge_in_the_loop_keeps_the_best_judged_adversary(tiny_pipes, name):
     pipe = tiny_pipes("sd1")
     target = _target(pipe, 1)
     config = attack_config(name, {"steps": 7, "check_every": 3})
+    if name == "ti":  # the start is judged too: test_textual_inversion_judges_its_start
+        config.check_start = False
     judge = _ScriptedJudge([0.5, 0.0, 0.25])  # checks after steps 3, 6 and the last (7)
     result = ATTACKS[name].run(pipe, target, config, seed=1, check=judge)
     assert len(judge.seen) == 3 and len(result.losses[0]) == 7
@@ -186,6 +188,26 @@ def test_textual_inversion_starts_from_every_token_of_the_name(tiny_pipes):
     assert torch.allclose(start, plain, atol=1e-6)
 
 
+def test_textual_inversion_judges_its_start(tiny_pipes):
+    pipe = tiny_pipes("sd1")
+    target = _target(pipe, 1)
+    config = attack_config("ti", {"steps": 6, "check_every": 3})
+    assert config.check_start
+    # a start that already succeeds on every pair is kept: no step is taken
+    judge = _ScriptedJudge([1.0])
+    result = ATTACKS["ti"].run(pipe, target, config, seed=1, check=judge)
+    assert len(judge.seen) == 1 and result.losses[0] == []
+    # a start judged better than every later state is restored after the steps
+    judge = _ScriptedJudge([0.5, 0.0, 0.25])  # the start, after step 3, after step 6
+    result = ATTACKS["ti"].run(pipe, target, config, seed=1, check=judge)
+    assert len(judge.seen) == 3 and len(result.losses[0]) == 6
+    kept = [p.detach() for p in result.adversary(0).parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(kept, judge.seen[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(kept, judge.seen[2]))
+    # without a judge nothing is judged and every step runs
+    assert len(ATTACKS["ti"].run(pipe, target, config, seed=1).losses[0]) == 6
+
+
 @pytest.mark.parametrize("name", ["soft", "hard", "ti", "cond"])
 def test_attacks_stop_at_once_on_a_model_that_ignores_the_conditioning(tiny_pipes, name):
     from ace_erasure.evaluation.robustness import text_blind
@@ -196,7 +218,8 @@ def test_attacks_stop_at_once_on_a_model_that_ignores_the_conditioning(tiny_pipe
     judge = _ScriptedJudge([0.0] * 6)
     with text_blind(pipe):  # exactly zero gradients: nothing to optimise
         blind = ATTACKS[name].run(pipe, target, config, seed=1, check=judge)
-    assert len(blind.losses[0]) == 1 and len(judge.seen) == 1  # judged once, then stopped
+    start = 1 if name == "ti" else 0  # textual inversion also judges its start
+    assert len(blind.losses[0]) == 1 and len(judge.seen) == 1 + start  # judged, then stopped
     seeing = ATTACKS[name].run(pipe, target, config, seed=1, check=_ScriptedJudge([0.0] * 6))
     assert len(seeing.losses[0]) == 6  # the same attack on the model that sees its prompt
 

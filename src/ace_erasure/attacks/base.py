@@ -242,6 +242,7 @@ def optimise(
     stage: str = "attack",
     check: Check | None = None,
     check_every: int = 0,
+    check_start: bool = False,
     samples: int = SAMPLES,
 ) -> list[float]:
     """Minimise :func:`denoising_loss` over the adversary's parameters with Adam; the model's
@@ -249,8 +250,10 @@ def optimise(
 
     With ``check`` (see the module's docstring) the judge is consulted every ``check_every``
     steps and after the last; the adversary is left at the state that scored best (ties: the
-    later one) and the run stops early once the score is 1. ``samples``: noise draws per
-    reference latent and step."""
+    later one) and the run stops early once the score is 1. ``check_start``: judge the
+    starting state too, before the first step (for an attack that starts where the prompt is,
+    so that a start which already succeeds is kept, not lost to drift). ``samples``: noise
+    draws per reference latent and step."""
     params = adversary.parameters()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -260,6 +263,10 @@ def optimise(
     for p in frozen:
         p.requires_grad_(False)
     try:
+        if check is not None and check_start:
+            start = [p.detach().clone() for p in params]
+            if best.offer(start, float(check(adversary, target))):
+                steps = 0  # the start already succeeds on every pair
         for step in range(steps):
             loss = denoising_loss(
                 pipe,

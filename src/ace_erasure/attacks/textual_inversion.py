@@ -85,11 +85,20 @@ class TextualInversionConfig:
         often, 11 of 16, at both).
     check_every: steps between the judge's checks when the attack is given one (keep the
         best-judged embedding, stop when every pair succeeds); 0: no checks.
+    check_start: judge the starting embedding (the name's own tokens) too, before the first
+        step. Without it the first check came after 25 steps, by which the embedding had
+        drifted off the character Mira Kestrel on the *unedited* model (3 ‖ 5 of 8 pairs kept,
+        ToyWorld seed 0 ‖ 1): the attack failed its own sanity check from a start that drew
+        her. On an erased model the start is the erased prompt, so judging it adds nothing an
+        honest ASR should not count.
     """
 
     steps: int = field(default=300, metadata={"help": "Adam steps"})
     lr: float = field(default=0.003, metadata={"help": "Adam learning rate"})
     check_every: int = field(default=25, metadata={"help": "steps between judge checks (0: none)"})
+    check_start: bool = field(
+        default=True, metadata={"help": "judge the starting embedding too (with a judge)"}
+    )
 
     guidance: float | None = field(
         default=None,
@@ -144,6 +153,7 @@ class TextualInversionAttack:
             stage="textual inversion",
             check=check,
             check_every=config.check_every,
+            check_start=config.check_start,
         )
         return AttackResult(
             self.name,
