@@ -21,7 +21,8 @@ attacks as inner loops (ACE stage 2, AdvUnlearn).
 :data:`Check`, a function that generates the target's pairs under the current adversary and
 returns the share in which the judge finds the concept. Every ``check_every`` steps (and after
 the last) the attack calls it, keeps the adversary that scored best (ties: the later one) and
-stops once every pair succeeds. The denoising loss alone is a poor guide: fitted to one
+stops once every pair succeeds; an attack that starts where the prompt is (textual inversion)
+has its start judged too (``check_start``). The denoising loss alone is a poor guide: fitted to one
 reference image, a conditioning can lower it and still lose the concept once sampled with
 guidance (measured on ToyWorld: textual inversion on the unedited model kept the hazard in 1
 of 16 pairs). Without a check (as inside ACE stage 2 or AdvUnlearn) the attack runs all its
