@@ -120,7 +120,11 @@ class AceConfig:
             linears, trained in stage 2 beside the cross-attention factors (0: none, the
             paper's setting). A soft-prompt attack works through the text encoder, and a k/v
             edit sees only its output; this lets stage 2 change the map from input tokens to
-            conditionings too, as AdvUnlearn does. Saved in the same diffusers LoRA.
+            conditionings too, as AdvUnlearn does. Saved in the same diffusers LoRA. Rank 8 on
+            the style Varela (stop 22, ToyWorld seed 0 ‖ 1, 8 pairs): soft-prompt ASR 0.12 ‖
+            0.62 → 0.12 ‖ 0.00, textual inversion 0.00 ‖ 0.38 → 0.12 ‖ 0.25, but one other
+            concept lost 4 of its 16 images on seed 1 (≤ 1 without) and each step costs more;
+            on the hazard no gain. Off by default; the option for a style that comes back.
         finetune_unet_rank: rank of a LoRA on the UNet's transformer linears outside
             cross-attention (self-attention, feed-forward, linear ``proj_in/out``: ESD-u's
             modules), trained in stage 2 beside the cross-attention factors (0: none, the
@@ -143,7 +147,10 @@ class AceConfig:
             "conditioning" stops textual inversion on heart (ASR 0.31 / 0.44 → 0.00 / 0.06 on
             both ToyWorlds) but loses more of the other concepts (circle's hexagon 9 → 16 of
             16 images); "input" stays the default (benchmarks/README.md, "Where the inner
-            attack works").
+            attack works"). On the hazard (stop 22) "conditioning" took soft / TI from 0.12 /
+            0.25 ‖ 0 / 0 to 0 / 0.12 ‖ 0 / 0 at one more hexagon image lost (3 of 16), and on
+            Varela seed 1's soft ASR from 0.62 to 0.25: one-pair differences on the hazard, so
+            not made a per-kind default.
         adversarial_norm: per-token bound of a conditioning-space residual, relative to the
             embedding's norm.
         adversarial_tokens: soft input tokens of the inner attack's prefixes.
