@@ -177,3 +177,20 @@ def test_ctrl_c_during_evaluate_exits_130_and_leaves_no_report(tmp_path):
     assert process.returncode == 130, err
     assert err == "error: interrupted (nothing was written)\n"
     assert _files(tmp_path) == before  # no report, no temporary folder
+
+
+def test_a_ctrl_c_dropped_by_a_finaliser_is_delivered_again(monkeypatch):
+    """Python ignores a KeyboardInterrupt raised in ``__del__``; the CLI re-delivers it."""
+    from ace_erasure import cli
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored afterwards
+    cli._keep_interrupts()
+
+    class Finaliser:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Finaliser()  # collected at once: the exception inside __del__ is dropped by Python
+        for _ in range(500):  # the re-delivered interrupt arrives within this loop
+            time.sleep(0.01)

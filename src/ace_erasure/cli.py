@@ -857,9 +857,30 @@ def _line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _keep_interrupts() -> None:
+    """Python drops an exception raised inside a finaliser (``__del__``), KeyboardInterrupt
+    included: a Ctrl-C landing there (measured: during a library's import, in a regex object's
+    ``__del__``) printed "Exception ignored" and the command ran on. Deliver it to the main
+    thread again instead, so Ctrl-C always ends the command with 130."""
+    import _thread
+    import threading
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            # later, not now: an interrupt arriving inside this hook would be dropped again
+            threading.Timer(0.1, _thread.interrupt_main).start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app; every error becomes one line and an exit code
     (2 usage, 1 failure, 130 interrupted)."""
+    _keep_interrupts()
     _quiet_libraries()
     debug = bool(os.environ.get("ACE_ERASURE_DEBUG"))
     try:
