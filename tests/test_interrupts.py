@@ -184,6 +184,8 @@ def test_a_ctrl_c_dropped_by_a_finaliser_is_delivered_again(monkeypatch):
     from ace_erasure import cli
 
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored afterwards
+    # Python's Ctrl-C handler, as in a foreground command (a background job ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     cli._keep_interrupts()
 
     class Finaliser:
@@ -192,5 +194,8 @@ def test_a_ctrl_c_dropped_by_a_finaliser_is_delivered_again(monkeypatch):
 
     with pytest.raises(KeyboardInterrupt):
         Finaliser()  # collected at once: the exception inside __del__ is dropped by Python
-        for _ in range(500):  # the re-delivered interrupt arrives within this loop
-            time.sleep(0.01)
+        try:
+            for _ in range(500):  # the re-delivered interrupt arrives within this loop
+                time.sleep(0.01)
+        finally:
+            signal.signal(signal.SIGINT, previous)
