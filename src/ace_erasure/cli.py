@@ -861,7 +861,7 @@ def _keep_interrupts() -> None:
     """Python drops an exception raised inside a finaliser (``__del__``), KeyboardInterrupt
     included: a Ctrl-C landing there (measured: during a library's import, in a regex object's
     ``__del__``) printed "Exception ignored" and the command ran on. Deliver it to the main
-    thread again instead, so Ctrl-C always ends the command with 130."""
+    thread again instead, so that Ctrl-C still ends the command with 130."""
     import _thread
     import threading
 
@@ -870,7 +870,9 @@ def _keep_interrupts() -> None:
     def hook(unraisable) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
             # later, not now: an interrupt arriving inside this hook would be dropped again
-            threading.Timer(0.1, _thread.interrupt_main).start()
+            timer = threading.Timer(0.1, _thread.interrupt_main)
+            timer.daemon = True  # never keeps a finishing process alive
+            timer.start()
             return
         previous(unraisable)
 
