@@ -263,11 +263,16 @@ def optimise(
     frozen = [p for p in _model_parameters(pipe) if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+
+    def judged_a_success() -> bool:
+        """Judge the adversary as it is now, keep it if best; True when every pair succeeds."""
+        assert check is not None
+        state = [p.detach().clone() for p in params]
+        return best.offer(state, float(check(adversary, target)))
+
     try:
-        if check is not None and check_start:
-            start = [p.detach().clone() for p in params]
-            if best.offer(start, float(check(adversary, target))):
-                steps = 0  # the start already succeeds on every pair
+        if check is not None and check_start and judged_a_success():
+            steps = 0  # the start already succeeds on every pair
         for step in range(steps):
             loss = denoising_loss(
                 pipe,
@@ -287,10 +292,9 @@ def optimise(
             losses.append(round(float(loss.detach()), 6))
             if progress:
                 progress(stage, step + 1, steps, {"loss": losses[-1]})
-            if check is not None and (ignored or should_check(check_every, step, steps)):
-                state = [p.detach().clone() for p in params]
-                if best.offer(state, float(check(adversary, target))):
-                    break
+            judge_now = ignored or should_check(check_every, step, steps)
+            if check is not None and judge_now and judged_a_success():
+                break
             if ignored:  # the model ignores this conditioning: there is nothing to optimise
                 break
     finally:
