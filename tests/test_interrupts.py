@@ -124,6 +124,7 @@ def test_ctrl_c_during_erase_exits_130_and_writes_nothing(tiny_folder, tmp_path)
     assert _files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_killed_erase_leaves_the_previous_erasure(tiny_folder, tmp_path):
     first = _run(
         ["erase", "--model", str(tiny_folder), "--concept", "circle", "--out", "e", "--no-grid"],
@@ -167,6 +168,7 @@ def _baseline_cpu() -> float:
     return _BASELINE[0]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_evaluate_exits_130_and_leaves_no_report(tmp_path):
     erase = _run(["erase", "--concept", "circle", "--out", "e", "--no-grid"], tmp_path)
     assert erase.returncode == 0, erase.stderr
@@ -199,3 +201,36 @@ def test_a_ctrl_c_dropped_by_a_finaliser_is_delivered_again(monkeypatch):
                 time.sleep(0.01)
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+_INTERRUPT_WHILE_ONE_IS_PENDING = """
+import time
+from ace_erasure import cli
+
+class Finaliser:
+    def __del__(self):
+        raise KeyboardInterrupt
+
+def app(args, standalone_mode):
+    Finaliser()  # dropped by Python: the CLI schedules its re-delivery
+    raise KeyboardInterrupt  # and the command itself is interrupted as well
+
+cli.app = app
+try:
+    cli.main([])
+finally:
+    time.sleep(1)  # a slow unwinding of the exit, where the pending re-delivery would land
+"""
+
+
+def test_an_interrupt_re_delivered_while_exiting_does_not_replace_the_exit_code(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT_WHILE_ONE_IS_PENDING],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_sigint,
+    )
+    assert process.returncode == 130, process.stderr
+    assert process.stderr.strip() == "error: interrupted (nothing was written)"

@@ -16,10 +16,11 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -857,39 +858,56 @@ def _line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _keep_interrupts() -> None:
+def _keep_interrupts() -> threading.Event:
     """Python drops an exception raised inside a finaliser (``__del__``), KeyboardInterrupt
     included: a Ctrl-C landing there (measured: during a library's import, in a regex object's
     ``__del__``) printed "Exception ignored" and the command ran on. Deliver it to the main
-    thread again instead, so that Ctrl-C still ends the command with 130."""
+    thread again instead, so that Ctrl-C still ends the command with 130.
+
+    Returns the event that stops re-deliveries: set it once the command is exiting on an
+    interrupt, or a re-delivery still pending (measured under load: the re-delivered interrupt
+    dropped in a finaliser again, then reached the main code) lands in the unwinding of that
+    exit and the process ends by the signal (-2) instead of with 130."""
     import _thread
-    import threading
 
     previous = sys.unraisablehook
+    exiting = threading.Event()
+
+    def deliver() -> None:
+        if not exiting.is_set():
+            _thread.interrupt_main()
 
     def hook(unraisable) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
-            # later, not now: an interrupt arriving inside this hook would be dropped again
-            timer = threading.Timer(0.1, _thread.interrupt_main)
-            timer.daemon = True  # never keeps a finishing process alive
-            timer.start()
+            if not exiting.is_set():
+                # later, not now: an interrupt arriving inside this hook would be dropped again
+                timer = threading.Timer(0.1, deliver)
+                timer.daemon = True  # never keeps a finishing process alive
+                timer.start()
             return
         previous(unraisable)
 
     sys.unraisablehook = hook
+    return exiting
+
+
+def _exit_interrupted(exiting: threading.Event) -> NoReturn:
+    """Exit 130 with one line, and no interrupt re-delivered from here on."""
+    exiting.set()
+    sys.stderr.write("error: interrupted (nothing was written)\n")
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app; every error becomes one line and an exit code
     (2 usage, 1 failure, 130 interrupted)."""
-    _keep_interrupts()
+    exiting = _keep_interrupts()
     _quiet_libraries()
     debug = bool(os.environ.get("ACE_ERASURE_DEBUG"))
     try:
         code = app(args=argv, standalone_mode=False)
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted (nothing was written)\n")
-        sys.exit(130)
+        _exit_interrupted(exiting)
     except UsageError as error:
         sys.stderr.write(f"error: {_line(error)}\n")
         sys.exit(2)
@@ -899,8 +917,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except _usage_classes() as error:
         if type(error).__name__ == "Abort":
-            sys.stderr.write("error: interrupted (nothing was written)\n")
-            sys.exit(130)
+            _exit_interrupted(exiting)
         message = error.format_message() if hasattr(error, "format_message") else str(error)
         if not message:  # no arguments: the help was printed
             message = "no command given; the commands are listed above"
@@ -921,7 +938,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C inside a command into an exit code
-        sys.stderr.write("error: interrupted (nothing was written)\n")
+        _exit_interrupted(exiting)
     if isinstance(code, int) and code:
         sys.exit(code)
 
