@@ -5,8 +5,30 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest
-import torch
+import atexit
+import shutil
+import tempfile
+
+# The unedited-model image cache of stage 2 / MACE / ESD: one fresh folder per test process, so
+# that no test reads the user's cache or another worker's half-filled one.
+_CACHE = tempfile.mkdtemp(prefix="ace-erasure-test-cache-")
+os.environ["ACE_ERASURE_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+# Under pytest-xdist (`-n auto` in pyproject's addopts) the cores are shared out between the
+# workers; each one taking every core would only make them wait for each other. Child
+# processes (the CLI tests) inherit the same share through the environment.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = _THREADS
+    os.environ["MKL_NUM_THREADS"] = _THREADS
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if _WORKERS > 1:
+    torch.set_num_threads(int(_THREADS))
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ def _run(monkeypatch, capsys, *args):
     return code, *capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_evaluate_without_attacks_is_quick_and_complete(monkeypatch, capsys, tmp_path):
     code, _, err = _run(
         monkeypatch, capsys, "erase", "--concept", "star", "--out", str(tmp_path / "e"), "--no-grid"

@@ -1,8 +1,10 @@
-"""Erasure on the bundled ToyWorld model, family by family, judged (~15 s).
+"""Erasure on the bundled ToyWorld model, family by family, judged (marked slow: ~45 s).
 
 Regression checks with fixed seeds and the default AceConfig; the full measurement with more
 images and every concept is ``benchmarks/erase_toyworld.py``.
 """
+
+import pytest
 
 from ace_erasure import erase, generate
 from ace_erasure.toyworld import vocabulary
@@ -16,6 +18,7 @@ def _labels(pipe, judge, prompts, head, erasure=None):
         return judge.predict(generate(pipe, prompts, seed=200))[head]
 
 
+@pytest.mark.slow
 def test_hazard_is_erased_by_name_and_by_indirect_phrasings(toyworld_pipe, toyworld_judge):
     v = vocabulary()
     prompts = [p.prompt for p in hazard_probes(8, v, indirect=False)]
@@ -31,6 +34,7 @@ def test_hazard_is_erased_by_name_and_by_indirect_phrasings(toyworld_pipe, toywo
     assert kept.count("star") >= 7, kept
 
 
+@pytest.mark.slow
 def test_all_shapes_at_once_keep_colours(toyworld_pipe, toyworld_judge):
     v = vocabulary()
     prompts = [f"a picture of a {c} {s}" for s in v.shapes for c in v.colour_names[:3]]
@@ -45,6 +49,7 @@ def test_all_shapes_at_once_keep_colours(toyworld_pipe, toyworld_judge):
     assert colours >= len(prompts) - 2, labels["colour"]
 
 
+@pytest.mark.slow
 def test_a_style_is_erased_and_its_neighbours_kept(toyworld_pipe, toyworld_judge):
     v = vocabulary()
     target, other = v.style_names[0], v.style_names[1]

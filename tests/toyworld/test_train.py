@@ -33,6 +33,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_model(tmp_path):
     whole = train_toyworld(tiny_config(), tmp_path / "whole")
 
@@ -56,7 +57,11 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path):
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):
-    train_toyworld(tiny_config(), tmp_path / "run")
+    def stop_at_once(stage, step, total, info):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):  # a run stopped at its first step: its config is recorded
+        train_toyworld(tiny_config(), tmp_path / "run", progress=stop_at_once)
     with pytest.raises(ConfigError, match="different config"):
         train_toyworld(tiny_config(seed=1), tmp_path / "run")
     with pytest.raises(ConfigError, match="multiple of 4"):

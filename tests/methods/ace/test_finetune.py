@@ -111,7 +111,7 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("focus", [0.0, 0.5])
+@pytest.mark.parametrize("focus", [0.0, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_a_killed_stage_two_resumes_to_the_same_bytes(
     focus, tiny_pipes, fast_world, tmp_path, monkeypatch
 ):
@@ -244,7 +244,7 @@ def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers
     _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 
-@pytest.mark.parametrize("space", ["token", "conditioning"])
+@pytest.mark.parametrize("space", ["token", pytest.param("conditioning", marks=pytest.mark.slow)])
 def test_a_token_or_conditioning_space_inner_attack_trains_and_resumes(
     space, tiny_pipes, fast_world, tmp_path, monkeypatch
 ):
@@ -326,7 +326,7 @@ def test_the_inner_attack_draws_the_configured_noise_samples(tiny_pipes, fast_wo
         AceConfig(**TINY, adversarial_samples=0)
 
 
-@pytest.mark.parametrize("space", ["input", "conditioning"])
+@pytest.mark.parametrize("space", ["input", pytest.param("conditioning", marks=pytest.mark.slow)])
 def test_a_batched_inner_attack_trains_the_whole_pool_in_one_call_per_step(
     space, tiny_pipes, fast_world, monkeypatch
 ):
