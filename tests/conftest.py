@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 # The unedited-model image cache of stage 2 / MACE / ESD: one fresh folder per test process, so
-# that no test reads the user's cache or another worker's half-filled one.
+# that no test depends on what the user's cache, or another test process, already holds.
 _CACHE = tempfile.mkdtemp(prefix="ace-erasure-test-cache-")
 os.environ["ACE_ERASURE_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
