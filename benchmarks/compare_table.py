@@ -49,21 +49,23 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
         "| concept | model | " + " | ".join(attacks) + " |",
         "|---" * (2 + len(attacks)) + "|",
     ]
-    seen = set()
+    # per (concept, model) and attack, from the first row that ran the attack: folders
+    # merged into one table each hold the controls of their own attacks
+    controls: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
-        if (r["concept"], r["model"]) in seen:
-            continue
-        seen.add((r["concept"], r["model"]))
+        for a, x in r["attacks"].items():
+            controls.setdefault((r["concept"], r["model"]), {}).setdefault(a, x)
+    for (concept, model), by_attack in controls.items():
         cells = []
         for a in attacks:
-            x = r["attacks"].get(a)
+            x = by_attack.get(a)
             cells.append(
                 "–"
                 if x is None
                 else f"{x['asr_unedited']:.2f} / {x['asr_text_blind']:.2f} "
                 f"({x.get('no_attack_rate_text_blind', float('nan')):.2f})"
             )
-        lines.append(f"| {r['concept']} | {r['model']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {concept} | {model} | " + " | ".join(cells) + " |")
     n_pairs = sorted({x["n_pairs"] for r in rows for x in r["attacks"].values()})
     modes = sorted({x["mode"] for r in rows for x in r["attacks"].values()})
     lines += [

@@ -175,3 +175,26 @@ def test_compare_table_keeps_the_concepts_asked_for(monkeypatch, tmp_path):
     assert concepts(table([tmp_path], ["heart"])) == ["heart", "heart"]
     with pytest.raises(ValueError, match="no rows for the concepts octopus"):
         table([tmp_path], ["octopus"])
+
+
+def test_compare_table_takes_each_attacks_controls_from_the_folder_that_ran_it(
+    monkeypatch, tmp_path
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from compare_table import table
+
+    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+    for run, name, unedited in (("a", "soft", 1.0), ("b", "ti", 0.75)):
+        attack = {"asr": 0.0, "no_attack_rate": 0.0, "asr_unedited": unedited}
+        attack |= {"asr_text_blind": 0.25, "no_attack_rate_text_blind": 0.25}
+        attack |= {"n_pairs": 8, "mode": "per-seed"}
+        result = {"concept": "circle", "metrics": metrics, "attacks": {name: attack}}
+        entry = {"label": "uce", "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
+        folder = tmp_path / run / "seed0" / "circle"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(
+            json.dumps({"erasures": [{**entry, "results": [result]}]})
+        )
+    text = table([tmp_path / "a", tmp_path / "b"])
+    controls = text.split("Sanity controls")[1]
+    assert "| circle | seed0 | 1.00 / 0.25 (0.25) | 0.75 / 0.25 (0.25) |" in controls
