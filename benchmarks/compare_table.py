@@ -14,7 +14,7 @@ from bench_common import most_lost, rows_from
 
 
 def table(folders: list[Path], concepts: list[str] | None = None) -> str:
-    rows = [r for folder in folders for r in rows_from(folder)]
+    rows = [r | {"folder": folder.name} for folder in folders for r in rows_from(folder)]
     if concepts:
         rows = [r for r in rows if r["concept"] in concepts]
         if not rows:
@@ -49,21 +49,29 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
         "| concept | model | " + " | ".join(attacks) + " |",
         "|---" * (2 + len(attacks)) + "|",
     ]
-    # per (concept, model) and attack, from the first row that ran the attack: folders
-    # merged into one table each hold the controls of their own attacks
-    controls: dict[tuple[str, str], dict[str, dict]] = {}
+    # per (concept, model) and attack, each distinct control with the folders that measured
+    # it: merged folders each hold the controls of their own attacks, and two runs of one
+    # attack (another configuration, another machine) can disagree; both are shown then
+    controls: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
     for r in rows:
         for a, x in r["attacks"].items():
-            controls.setdefault((r["concept"], r["model"]), {}).setdefault(a, x)
+            cell = (
+                f"{x['asr_unedited']:.2f} / {x['asr_text_blind']:.2f} "
+                f"({_number(x.get('no_attack_rate_text_blind')):.2f})"
+            )
+            sources = controls.setdefault((r["concept"], r["model"]), {}).setdefault(a, {})
+            if r["folder"] not in sources.setdefault(cell, []):
+                sources[cell].append(r["folder"])
     for (concept, model), by_attack in controls.items():
         cells = []
         for a in attacks:
-            x = by_attack.get(a)
+            found = by_attack.get(a, {})
             cells.append(
-                "–"
-                if x is None
-                else f"{x['asr_unedited']:.2f} / {x['asr_text_blind']:.2f} "
-                f"({x.get('no_attack_rate_text_blind', float('nan')):.2f})"
+                "; ".join(
+                    cell if len(found) == 1 else f"{cell} [{', '.join(where)}]"
+                    for cell, where in found.items()
+                )
+                or "–"
             )
         lines.append(f"| {concept} | {model} | " + " | ".join(cells) + " |")
     n_pairs = sorted({x["n_pairs"] for r in rows for x in r["attacks"].values()})
@@ -75,6 +83,10 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
         "result file records them).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def main() -> None:

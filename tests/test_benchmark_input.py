@@ -198,3 +198,32 @@ def test_compare_table_takes_each_attacks_controls_from_the_folder_that_ran_it(
     text = table([tmp_path / "a", tmp_path / "b"])
     controls = text.split("Sanity controls")[1]
     assert "| circle | seed0 | 1.00 / 0.25 (0.25) | 0.75 / 0.25 (0.25) |" in controls
+
+
+def test_compare_table_shows_both_controls_where_two_runs_of_an_attack_disagree(
+    monkeypatch, tmp_path
+):
+    """Two folders that ran the same attack with different sanity controls (another attack
+    configuration, another machine): the table names each control with its folder instead of
+    showing the first one for both."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from compare_table import table
+
+    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+    for run, label, unedited in (("old", "ace", 0.375), ("new", "ace", 1.0), ("same", "uce", 1.0)):
+        attack = {"asr": 0.0, "no_attack_rate": 0.0, "asr_unedited": unedited}
+        attack |= {"asr_text_blind": 0.0, "no_attack_rate_text_blind": 0.0}
+        attack |= {"n_pairs": 8, "mode": "universal"}
+        result = {"concept": "Mira", "metrics": metrics, "attacks": {"ti": attack}}
+        entry = {"label": label, "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
+        folder = tmp_path / run / "seed0" / "Mira"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(
+            json.dumps({"erasures": [{**entry, "results": [result]}]})
+        )
+    text = table([tmp_path / "old", tmp_path / "new", tmp_path / "same"])
+    controls = text.split("Sanity controls")[1]
+    assert "| Mira | seed0 | 0.38 / 0.00 (0.00) [old]; 1.00 / 0.00 (0.00) [new, same] |" in controls
+    # one folder, or agreeing folders: the control alone
+    controls = table([tmp_path / "new", tmp_path / "same"]).split("Sanity controls")[1]
+    assert "| Mira | seed0 | 1.00 / 0.00 (0.00) |" in controls
