@@ -126,7 +126,9 @@ class AceConfig:
             concept lost 4 of its 16 images on seed 1 (≤ 1 without) and each step costs more;
             on the hazard no gain. Rank 4, or rank 8 with 128 preserve images (stop 23), keep
             that loss (4 and 5 of 16), and rank 4 gives back most of the gain (soft 0.38 ‖
-            0.25). Off by default; the option for a style that comes back.
+            0.25). With ``finetune_preserve_focus=0.5`` (stop 24) seed 1 keeps the other
+            concepts (≤ 1 of 16 lost, soft 0.12) but seed 0's soft ASR rises to 0.38. Off by
+            default; the option for a style that comes back.
         finetune_unet_rank: rank of a LoRA on the UNet's transformer linears outside
             cross-attention (self-attention, feed-forward, linear ``proj_in/out``: ESD-u's
             modules), trained in stage 2 beside the cross-attention factors (0: none, the
