@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench_common import most_lost, rows_from
+from bench_common import fmt, most_lost, rows_from
 
 
 def table(folders: list[Path], concepts: list[str] | None = None) -> str:
@@ -56,8 +56,8 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
     for r in rows:
         for a, x in r["attacks"].items():
             cell = (
-                f"{x['asr_unedited']:.2f} / {x['asr_text_blind']:.2f} "
-                f"({_number(x.get('no_attack_rate_text_blind')):.2f})"
+                f"{fmt(x['asr_unedited'])} / {fmt(x['asr_text_blind'])} "
+                f"({fmt(x.get('no_attack_rate_text_blind'))})"
             )
             sources = controls.setdefault((r["concept"], r["model"]), {}).setdefault(a, {})
             if r["folder"] not in sources.setdefault(cell, []):
@@ -83,10 +83,6 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
         "result file records them).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _number(value) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def main() -> None:

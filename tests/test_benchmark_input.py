@@ -152,21 +152,23 @@ def test_the_tables_most_lost_column_reads_old_and_new_result_files(monkeypatch)
     assert most_lost({"others_lost": {}, "others_images": {}}) == "0"
 
 
+def _write_result(folder: Path, concept: str, label: str, attacks: dict) -> None:
+    """A minimal ``compare.py`` result file: one erasure of ``concept`` under ``attacks``."""
+    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+    result = {"concept": concept, "metrics": metrics, "attacks": attacks}
+    entry = {"label": label, "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"erasures": [{**entry, "results": [result]}]}))
+
+
 def test_compare_table_keeps_the_concepts_asked_for(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from compare_table import table
 
     attack = {"asr": 0.0, "no_attack_rate": 0.0, "asr_unedited": 1.0, "asr_text_blind": 0.0}
     attack |= {"no_attack_rate_text_blind": 0.0, "n_pairs": 8, "mode": "per-seed"}
-    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
     for concept in ("circle", "heart"):
-        result = {"concept": concept, "metrics": metrics, "attacks": {"soft": attack}}
-        entry = {"label": "ace", "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
-        folder = tmp_path / "seed0" / concept
-        folder.mkdir(parents=True)
-        (folder / "results.json").write_text(
-            json.dumps({"erasures": [{**entry, "results": [result]}]})
-        )
+        _write_result(tmp_path / "seed0" / concept, concept, "ace", {"soft": attack})
 
     def concepts(text: str) -> list[str]:  # of the result rows and the control rows
         return [line.split(" | ")[0][2:] for line in text.splitlines() if "| seed0 |" in line]
@@ -183,18 +185,11 @@ def test_compare_table_takes_each_attacks_controls_from_the_folder_that_ran_it(
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from compare_table import table
 
-    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
     for run, name, unedited in (("a", "soft", 1.0), ("b", "ti", 0.75)):
         attack = {"asr": 0.0, "no_attack_rate": 0.0, "asr_unedited": unedited}
         attack |= {"asr_text_blind": 0.25, "no_attack_rate_text_blind": 0.25}
         attack |= {"n_pairs": 8, "mode": "per-seed"}
-        result = {"concept": "circle", "metrics": metrics, "attacks": {name: attack}}
-        entry = {"label": "uce", "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
-        folder = tmp_path / run / "seed0" / "circle"
-        folder.mkdir(parents=True)
-        (folder / "results.json").write_text(
-            json.dumps({"erasures": [{**entry, "results": [result]}]})
-        )
+        _write_result(tmp_path / run / "seed0" / "circle", "circle", "uce", {name: attack})
     text = table([tmp_path / "a", tmp_path / "b"])
     controls = text.split("Sanity controls")[1]
     assert "| circle | seed0 | 1.00 / 0.25 (0.25) | 0.75 / 0.25 (0.25) |" in controls
@@ -209,18 +204,11 @@ def test_compare_table_shows_both_controls_where_two_runs_of_an_attack_disagree(
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from compare_table import table
 
-    metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
     for run, label, unedited in (("old", "ace", 0.375), ("new", "ace", 1.0), ("same", "uce", 1.0)):
         attack = {"asr": 0.0, "no_attack_rate": 0.0, "asr_unedited": unedited}
         attack |= {"asr_text_blind": 0.0, "no_attack_rate_text_blind": 0.0}
         attack |= {"n_pairs": 8, "mode": "universal"}
-        result = {"concept": "Mira", "metrics": metrics, "attacks": {"ti": attack}}
-        entry = {"label": label, "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
-        folder = tmp_path / run / "seed0" / "Mira"
-        folder.mkdir(parents=True)
-        (folder / "results.json").write_text(
-            json.dumps({"erasures": [{**entry, "results": [result]}]})
-        )
+        _write_result(tmp_path / run / "seed0" / "Mira", "Mira", label, {"ti": attack})
     text = table([tmp_path / "old", tmp_path / "new", tmp_path / "same"])
     controls = text.split("Sanity controls")[1]
     assert "| Mira | seed0 | 0.38 / 0.00 (0.00) [old]; 1.00 / 0.00 (0.00) [new, same] |" in controls
