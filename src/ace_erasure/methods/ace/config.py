@@ -154,9 +154,14 @@ class AceConfig:
             attack works"). On the hazard (stop 22) "conditioning" took soft / TI from 0.12 /
             0.25 ‖ 0 / 0 to 0 / 0.12 ‖ 0 / 0 at one more hexagon image lost (3 of 16), and on
             Varela seed 1's soft ASR from 0.62 to 0.25: one-pair differences on the hazard, so
-            not made a per-kind default.
+            not made a per-kind default. On the style Okonkwo (stop 25) it took seed 1's
+            textual inversion from 0.88 to 0.62 and its soft prompt from 0.38 to 0.12, seed 0
+            staying at 0: the option for a style that comes back, not a default.
         adversarial_norm: per-token bound of a conditioning-space residual, relative to the
-            embedding's norm.
+            embedding's norm. 0.6 (stop 25, the styles) took Okonkwo's seed-1 textual
+            inversion to 0.38 and its soft prompt to 0, but the other concepts lost 7 points
+            there and Varela got worse on seed 0 (soft 0.12 → 0.38, one named image of 16
+            kept); 0.3 stays the default.
         adversarial_tokens: soft input tokens of the inner attack's prefixes.
         adversarial_lr: learning rate of the inner attack.
         adversarial_samples: noise draws (random timesteps) per image in each inner-attack step
