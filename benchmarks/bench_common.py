@@ -162,6 +162,8 @@ def rows_from(out: Path) -> list[dict]:
                 m = result["metrics"]
                 row = {
                     "model": results_file.parent.parent.name,
+                    # the folder's concept set: one concept, or e.g. "all-shapes" for ten
+                    "set": results_file.parent.name,
                     "concept": result["concept"],
                     "variant": entry["label"],
                     "H": m["H"],

@@ -3,6 +3,8 @@
 
     python benchmarks/compare_table.py results/compare_closed_form results/compare_trained \\
         --out results/compare_circle_heart.md [--concepts circle heart]
+    python benchmarks/compare_table.py FOLDER... --by-seed [--concepts Varela all-shapes] \\
+        [--variants uce mace] [--rename "ace (stage 2, 64 images)=ace"]
 """
 
 from __future__ import annotations
@@ -41,39 +43,7 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
             + " | ".join(asr)
             + f" | {r['erase_seconds']:.0f} |"
         )
-    # the sanity controls depend on the model, concept and pairs, not on the method
-    lines += [
-        "",
-        "Sanity controls (ASR on the unedited model / the text-blind control, its chance rate):",
-        "",
-        "| concept | model | " + " | ".join(attacks) + " |",
-        "|---" * (2 + len(attacks)) + "|",
-    ]
-    # per (concept, model) and attack, each distinct control with the folders that measured
-    # it: merged folders each hold the controls of their own attacks, and two runs of one
-    # attack (another configuration, another machine) can disagree; both are shown then
-    controls: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
-    for r in rows:
-        for a, x in r["attacks"].items():
-            cell = (
-                f"{fmt(x['asr_unedited'])} / {fmt(x['asr_text_blind'])} "
-                f"({fmt(x.get('no_attack_rate_text_blind'))})"
-            )
-            sources = controls.setdefault((r["concept"], r["model"]), {}).setdefault(a, {})
-            if r["folder"] not in sources.setdefault(cell, []):
-                sources[cell].append(r["folder"])
-    for (concept, model), by_attack in controls.items():
-        cells = []
-        for a in attacks:
-            found = by_attack.get(a, {})
-            cells.append(
-                "; ".join(
-                    cell if len(found) == 1 else f"{cell} [{', '.join(where)}]"
-                    for cell, where in found.items()
-                )
-                or "–"
-            )
-        lines.append(f"| {concept} | {model} | " + " | ".join(cells) + " |")
+    lines += controls(rows, attacks)
     n_pairs = sorted({x["n_pairs"] for r in rows for x in r["attacks"].values()})
     modes = sorted({x["mode"] for r in rows for x in r["attacks"].values()})
     lines += [
@@ -85,6 +55,157 @@ def table(folders: list[Path], concepts: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def controls(rows: list[dict], attacks: list[str], key: str = "concept") -> list[str]:
+    """The sanity-control table: per (concept, model) and attack, each distinct control with
+    the folders that measured it. They depend on the model, concept and pairs, not on the
+    method; merged folders each hold the controls of their own attacks, and two runs of one
+    attack (another configuration, another machine) can disagree: both are shown then."""
+    lines = [
+        "",
+        "Sanity controls (ASR on the unedited model / the text-blind control, its chance rate):",
+        "",
+        f"| {key} | model | " + " | ".join(attacks) + " |",
+        "|---" * (2 + len(attacks)) + "|",
+    ]
+    found_by: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
+    for r in rows:
+        for a, x in r["attacks"].items():
+            cell = (
+                f"{fmt(x['asr_unedited'])} / {fmt(x['asr_text_blind'])} "
+                f"({fmt(x.get('no_attack_rate_text_blind'))})"
+            )
+            sources = found_by.setdefault((r[key], r["model"]), {}).setdefault(a, {})
+            if r["folder"] not in sources.setdefault(cell, []):
+                sources[cell].append(r["folder"])
+    for (name, model), by_attack in found_by.items():
+        cells = []
+        for a in attacks:
+            found = by_attack.get(a, {})
+            cells.append(
+                "; ".join(
+                    cell if len(found) == 1 else f"{cell} [{', '.join(where)}]"
+                    for cell, where in found.items()
+                )
+                or "–"
+            )
+        lines.append(f"| {name} | {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+CONTROL_KEYS = ("asr_unedited", "asr_text_blind", "no_attack_rate_text_blind")
+
+
+def pooled(rows: list[dict]) -> dict:
+    """One erasure's rows (one folder, model and method; several rows when it erased a set of
+    concepts at once) as one: Acc_e the highest over the set, Acc_s and its base the mean, and
+    each attack's rates pooled over all the set's pairs."""
+    first = rows[0]
+    out = {k: first[k] for k in ("model", "variant", "folder")}
+    # a folder of one concept is named after it ("Mira-Kestrel"): show the concept's name
+    out["set"] = out["concept"] = first["concept"] if len(rows) == 1 else first["set"]
+    out["acc_e"] = max(r["acc_e"] for r in rows)
+    out["acc_s"] = sum(r["acc_s"] for r in rows) / len(rows)
+    out["acc_s_base"] = sum(r["acc_s_base"] for r in rows) / len(rows)
+    out["most_lost"] = most_lost(first) if len(rows) == 1 else "–"
+    out["attacks"] = {}
+    for name in dict.fromkeys(a for r in rows for a in r["attacks"]):
+        runs = [r["attacks"][name] for r in rows if name in r["attacks"]]
+        n = sum(x["n_pairs"] for x in runs)
+        pool = {"n_pairs": n, "mode": runs[0]["mode"]}
+        for k in ("asr", "no_attack_rate", *CONTROL_KEYS):
+            values = [(x[k], x["n_pairs"]) for x in runs if x.get(k) is not None]
+            pool[k] = sum(v * w for v, w in values) / n if len(values) == len(runs) else None
+        out["attacks"][name] = pool
+    return out
+
+
+def distinct(texts: list[str]) -> list[str]:
+    """Values that differ: "hexagon 4" is "hexagon 4/4" from a result file that did not
+    record how many images hexagon had."""
+    return [t for t in texts if not any(o.startswith(t + "/") for o in texts)]
+
+
+def by_seed(
+    folders: list[Path],
+    sets: list[str] | None = None,
+    variants: list[str] | None = None,
+    rename: dict[str, str] | None = None,
+    worst: tuple[str, ...] = ("soft", "hard", "ti"),
+) -> str:
+    """One row per (concept set, method), every model side by side in one cell ("seed0 ‖
+    seed1"), merged over folders: the view of the field the issue notes quote. ``variants``
+    keeps those methods (by their name after ``rename``, which maps a folder's label to the
+    name shown, e.g. one ACE configuration measured in several folders under several labels)."""
+    rename = rename or {}
+    rows = [
+        r | {"folder": folder.name, "variant": rename.get(r["variant"], r["variant"])}
+        for folder in folders
+        for r in rows_from(folder)
+    ]
+    if sets:
+        wanted = set(sets) | {name.replace(" ", "-") for name in sets}
+        rows = [r for r in rows if r["set"] in wanted]
+    if variants:
+        rows = [r for r in rows if r["variant"] in variants]
+    if not rows:
+        raise ValueError("no rows for " + ", ".join((sets or []) + (variants or [])))
+    erasures: dict[tuple[str, str, str, str], list[dict]] = {}
+    for r in rows:
+        erasures.setdefault((r["set"], r["variant"], r["model"], r["folder"]), []).append(r)
+    runs = [pooled(group) for group in erasures.values()]
+    models = sorted({r["model"] for r in runs})
+    attacks = list(dict.fromkeys(a for r in runs for a in r["attacks"]))
+    worst = tuple(a for a in attacks if a in worst)
+    cells: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
+    highest: dict[tuple[str, str, str], float] = {}
+    for r in runs:
+        cell = cells.setdefault((r["set"], r["variant"]), {}).setdefault(r["model"], {})
+        found = [
+            ("acc_e", fmt(r["acc_e"])),
+            ("acc_s", f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])})"),
+            ("most_lost", r["most_lost"]),
+        ]
+        for name, x in r["attacks"].items():
+            found += [(name, fmt(x["asr"])), ("no attack", fmt(x["no_attack_rate"]))]
+        for column, text in found:
+            if text not in cell.setdefault(column, []):
+                cell[column].append(text)
+        for name, x in r["attacks"].items():
+            if name in worst and x["asr"] is not None:
+                key = (r["set"], r["variant"], r["model"])
+                highest[key] = max(highest.get(key, 0.0), x["asr"])
+    columns = ["acc_e", "acc_s", "most_lost", "no attack", *attacks]
+    heads = ["Acc_e", "Acc_s (base)", "most lost", "no attack", *(f"{a} ASR" for a in attacks)]
+    lines = [
+        "| set | method | " + " | ".join(heads) + (" | worst |" if worst else " |"),
+        "|---" * (2 + len(heads) + bool(worst)) + "|",
+    ]
+    set_order = {name: i for i, name in enumerate(dict.fromkeys(r["set"] for r in runs))}
+    method_order = {name: i for i, name in enumerate(dict.fromkeys(r["variant"] for r in runs))}
+    for (name, variant), by_model in sorted(
+        cells.items(), key=lambda item: (set_order[item[0][0]], method_order[item[0][1]])
+    ):
+        row = [
+            " ‖ ".join("; ".join(distinct(by_model.get(m, {}).get(c, []))) or "–" for m in models)
+            for c in columns
+        ]
+        if worst:
+            row.append(" ‖ ".join(fmt(highest.get((name, variant, m))) for m in models))
+        lines.append(f"| {name} | {variant} | " + " | ".join(row) + " |")
+    lines += controls(runs, attacks, key="set")
+    n_pairs = sorted({x["n_pairs"] for r in runs for x in r["attacks"].values()})
+    modes = sorted({x["mode"] for r in runs for x in r["attacks"].values()})
+    lines += [
+        "",
+        f"Each cell: {' ‖ '.join(models)}; where two folders measured a number differently, "
+        f"each value, separated by ;. Worst: the highest ASR of {', '.join(worst) or 'none'}. "
+        "A set of several concepts erased at once: Acc_e the highest over them, Acc_s the "
+        f"mean, ASR pooled over all their pairs. Attack pairs per cell: {n_pairs}; mode: "
+        f"{', '.join(modes)}. Folders: {', '.join(f.name for f in folders)}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,12 +213,37 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--concepts", nargs="+", default=None, help="only these concepts' rows")
+    parser.add_argument(
+        "--by-seed",
+        action="store_true",
+        help="one row per (concept set, method) with every model side by side, merged over "
+        "the folders (--concepts then names concept sets, e.g. all-shapes)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help="with --by-seed: only these methods"
+    )
+    parser.add_argument(
+        "--rename",
+        nargs="+",
+        default=[],
+        metavar="LABEL=NAME",
+        help="with --by-seed: show a folder's method LABEL as NAME",
+    )
     args = parser.parse_args()
+    bad = [r for r in args.rename if "=" not in r or not r.split("=", 1)[1]]
+    if bad:
+        parser.error(f"--rename takes LABEL=NAME, not {bad[0]!r}")
+    if (args.variants or args.rename) and not args.by_seed:
+        parser.error("--variants and --rename go with --by-seed")
     missing = [str(f) for f in args.folders if not any(f.glob("*/*/results.json"))]
     if missing:
         parser.error(f"no <model>/<concept>/results.json under {', '.join(missing)}")
     try:
-        text = table(args.folders, args.concepts)
+        if args.by_seed:
+            rename = dict(r.split("=", 1) for r in args.rename)
+            text = by_seed(args.folders, args.concepts, args.variants, rename)
+        else:
+            text = table(args.folders, args.concepts)
     except ValueError as error:
         parser.error(str(error))
     if args.out:

@@ -215,3 +215,111 @@ def test_compare_table_shows_both_controls_where_two_runs_of_an_attack_disagree(
     # one folder, or agreeing folders: the control alone
     controls = table([tmp_path / "new", tmp_path / "same"]).split("Sanity controls")[1]
     assert "| Mira | seed0 | 1.00 / 0.00 (0.00) |" in controls
+
+
+def _attack(asr: float, n_pairs: int = 8, unedited: float = 1.0) -> dict:
+    return {
+        "asr": asr,
+        "no_attack_rate": 0.0,
+        "asr_unedited": unedited,
+        "asr_text_blind": 0.0,
+        "no_attack_rate_text_blind": 0.0,
+        "n_pairs": n_pairs,
+        "mode": "per-seed",
+    }
+
+
+def _by_seed_rows(text: str) -> dict[str, list[str]]:
+    """``by_seed``'s result rows: method -> its cells after the set and the method."""
+    rows = {}
+    for line in text.split("Sanity controls")[0].splitlines()[2:]:
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip("| ").split(" | ")]
+            rows[cells[1]] = cells[2:]
+    return rows
+
+
+def test_compare_table_by_seed_merges_folders_and_puts_the_models_side_by_side(
+    monkeypatch, tmp_path
+):
+    """One row per method: the ACE run measured under two labels in two folders is one row
+    after ``rename``, each model in its own half of the cell, and "worst" is the highest of
+    the attacks it names (not random)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from compare_table import by_seed
+
+    for model, soft, ti in (("seed0", 0.125, 0.25), ("seed1", 0.5, 0.0)):
+        _write_result(
+            tmp_path / "a" / model / "Mira-Kestrel",
+            "Mira Kestrel",
+            "ace (64)",
+            {"soft": _attack(soft), "random": _attack(0.75)},
+        )
+        _write_result(
+            tmp_path / "b" / model / "Mira-Kestrel", "Mira Kestrel", "ace", {"ti": _attack(ti)}
+        )
+        _write_result(tmp_path / "b" / model / "hazard", "hazard", "uce", {"ti": _attack(1.0)})
+    folders = [tmp_path / "a", tmp_path / "b"]
+    rows = _by_seed_rows(by_seed(folders, ["Mira Kestrel"], rename={"ace (64)": "ace"}))
+    assert list(rows) == ["ace"]
+    # Acc_e, Acc_s (base), most lost, no attack, soft, random, ti, worst
+    assert rows["ace"][4:] == ["0.12 ‖ 0.50", "0.75 ‖ 0.75", "0.25 ‖ 0.00", "0.25 ‖ 0.50"]
+    # without the rename the two labels stay two rows; a method filter keeps one
+    assert list(_by_seed_rows(by_seed(folders, ["Mira-Kestrel"]))) == ["ace (64)", "ace"]
+    assert list(_by_seed_rows(by_seed(folders, variants=["uce"]))) == ["uce"]
+    with pytest.raises(ValueError, match="no rows for octopus"):
+        by_seed(folders, ["octopus"])
+
+
+def test_compare_table_by_seed_pools_a_set_of_concepts_and_shows_disagreeing_runs(
+    monkeypatch, tmp_path
+):
+    """Ten concepts erased at once are one row: Acc_e the highest over them, the attack rate
+    pooled over all their pairs. Two folders that measured one number differently show both."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from compare_table import by_seed
+
+    for run, second_acc_e in (("a", 0.25), ("b", 0.5)):
+        results = []
+        for concept, acc_e, asr, n in (("circle", 0.0, 0.5, 2), ("heart", second_acc_e, 0.0, 6)):
+            metrics = {"H": 1.0, "acc_e": acc_e, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+            attacks = {"soft": _attack(asr, n_pairs=n)}
+            results.append({"concept": concept, "metrics": metrics, "attacks": attacks})
+        folder = tmp_path / run / "seed0" / "all-shapes"
+        folder.mkdir(parents=True)
+        entry = {"label": "mace", "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
+        (folder / "results.json").write_text(
+            json.dumps({"erasures": [entry | {"results": results}]})
+        )
+    text = by_seed([tmp_path / "a", tmp_path / "b"], ["all-shapes"])
+    cells = _by_seed_rows(text)["mace"]
+    assert cells[0] == "0.25; 0.50"  # Acc_e: the highest of the set, per folder
+    assert cells[4] == "0.12"  # soft: 1 of all 8 pairs (not the mean of 0.5 and 0), both folders
+    assert "| all-shapes | seed0 | 1.00 / 0.00 (0.00) |" in text.split("Sanity controls")[1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--by-seed", "--rename", "ace"], "--rename takes LABEL=NAME, not 'ace'"),
+        (["--by-seed", "--rename", "ace="], "--rename takes LABEL=NAME, not 'ace='"),
+        (["--variants", "uce"], "--variants and --rename go with --by-seed"),
+        (["--by-seed", "--concepts", "octopus"], "no rows for octopus"),
+    ],
+)
+def test_a_bad_compare_table_command_line_is_one_line(
+    arguments, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import compare_table
+
+    _write_result(tmp_path / "run" / "seed0" / "circle", "circle", "uce", {"soft": _attack(0.0)})
+    out = tmp_path / "table.md"
+    argv = ["compare_table.py", str(tmp_path / "run"), *arguments, "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        compare_table.main()
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists()
