@@ -172,6 +172,10 @@ def rows_from(out: Path) -> list[dict]:
                     "acc_g": m["acc_g"],
                     "acc_s": m["acc_s"],
                     "acc_s_base": m["acc_s_base"],
+                    # the colour (attribute) accuracy of the concept's own prompts: the
+                    # specificity that is left when every shape is erased at once
+                    "attribute_acc": m.get("attribute_acc"),
+                    "attribute_acc_base": m.get("attribute_acc_base"),
                     "others_lost": others_lost(m),
                     "others_images": m.get("others_images", {}),
                     "attacks": {

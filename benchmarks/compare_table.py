@@ -97,16 +97,20 @@ CONTROL_KEYS = ("asr_unedited", "asr_text_blind", "no_attack_rate_text_blind")
 
 def pooled(rows: list[dict]) -> dict:
     """One erasure's rows (one folder, model and method; several rows when it erased a set of
-    concepts at once) as one: Acc_e the highest over the set, Acc_s and its base the mean, and
-    each attack's rates pooled over all the set's pairs."""
+    concepts at once) as one: Acc_e the highest over the set, the colour accuracy the mean,
+    and each attack's rates pooled over all the set's pairs."""
     first = rows[0]
     out = {k: first[k] for k in ("model", "variant", "folder")}
     # a folder of one concept is named after it ("Mira-Kestrel"): show the concept's name
     out["set"] = out["concept"] = first["concept"] if len(rows) == 1 else first["set"]
     out["acc_e"] = max(r["acc_e"] for r in rows)
-    out["acc_s"] = sum(r["acc_s"] for r in rows) / len(rows)
-    out["acc_s_base"] = sum(r["acc_s_base"] for r in rows) / len(rows)
+    # Acc_s of a set erased at once counts the set's other members, erased too: not shown
+    out["acc_s"] = first["acc_s"] if len(rows) == 1 else None
+    out["acc_s_base"] = first["acc_s_base"]
     out["most_lost"] = most_lost(first) if len(rows) == 1 else "–"
+    for key in ("attribute_acc", "attribute_acc_base"):
+        values = [r.get(key) for r in rows]
+        out[key] = None if None in values else sum(values) / len(values)
     out["attacks"] = {}
     for name in dict.fromkeys(a for r in rows for a in r["attacks"]):
         runs = [r["attacks"][name] for r in rows if name in r["attacks"]]
@@ -162,9 +166,11 @@ def by_seed(
         cell = cells.setdefault((r["set"], r["variant"]), {}).setdefault(r["model"], {})
         found = [
             ("acc_e", fmt(r["acc_e"])),
-            ("acc_s", f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])})"),
+            ("acc_s", "–" if r["acc_s"] is None else f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])})"),
             ("most_lost", r["most_lost"]),
         ]
+        if r["attribute_acc"] is not None:
+            found.append(("colours", f"{fmt(r['attribute_acc'])} ({fmt(r['attribute_acc_base'])})"))
         for name, x in r["attacks"].items():
             found += [(name, fmt(x["asr"])), ("no attack", fmt(x["no_attack_rate"]))]
         for column, text in found:
@@ -176,6 +182,9 @@ def by_seed(
                 highest[key] = max(highest.get(key, 0.0), x["asr"])
     columns = ["acc_e", "acc_s", "most_lost", "no attack", *attacks]
     heads = ["Acc_e", "Acc_s (base)", "most lost", "no attack", *(f"{a} ASR" for a in attacks)]
+    if any(r["attribute_acc"] is not None for r in runs):
+        columns.insert(3, "colours")
+        heads.insert(3, "colours (base)")
     lines = [
         "| set | method | " + " | ".join(heads) + (" | worst |" if worst else " |"),
         "|---" * (2 + len(heads) + bool(worst)) + "|",
@@ -199,9 +208,11 @@ def by_seed(
         "",
         f"Each cell: {' ‖ '.join(models)}; where two folders measured a number differently, "
         f"each value, separated by ;. Worst: the highest ASR of {', '.join(worst) or 'none'}. "
-        "A set of several concepts erased at once: Acc_e the highest over them, Acc_s the "
-        f"mean, ASR pooled over all their pairs. Attack pairs per cell: {n_pairs}; mode: "
-        f"{', '.join(modes)}. Folders: {', '.join(f.name for f in folders)}.",
+        "Colours: the asked colour read in the concept's own images. A set of several "
+        "concepts erased at once: Acc_e the highest over them, the colours their mean, ASR "
+        "pooled over all their pairs (no Acc_s: the other concepts are erased too). "
+        f"Attack pairs per cell: {n_pairs}; mode: {', '.join(modes)}. "
+        f"Folders: {', '.join(f.name for f in folders)}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -283,6 +283,7 @@ def test_compare_table_by_seed_pools_a_set_of_concepts_and_shows_disagreeing_run
         results = []
         for concept, acc_e, asr, n in (("circle", 0.0, 0.5, 2), ("heart", second_acc_e, 0.0, 6)):
             metrics = {"H": 1.0, "acc_e": acc_e, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+            metrics |= {"attribute_acc": 1.0 - asr, "attribute_acc_base": 1.0}
             attacks = {"soft": _attack(asr, n_pairs=n)}
             results.append({"concept": concept, "metrics": metrics, "attacks": attacks})
         folder = tmp_path / run / "seed0" / "all-shapes"
@@ -293,8 +294,11 @@ def test_compare_table_by_seed_pools_a_set_of_concepts_and_shows_disagreeing_run
         )
     text = by_seed([tmp_path / "a", tmp_path / "b"], ["all-shapes"])
     cells = _by_seed_rows(text)["mace"]
+    # Acc_e, Acc_s, most lost, colours, no attack, soft, worst
     assert cells[0] == "0.25; 0.50"  # Acc_e: the highest of the set, per folder
-    assert cells[4] == "0.12"  # soft: 1 of all 8 pairs (not the mean of 0.5 and 0), both folders
+    assert cells[1] == "–"  # Acc_s would count the set's other members, erased too
+    assert cells[3] == "0.75 (1.00)"  # the colours: the mean over the set
+    assert cells[5] == "0.12"  # soft: 1 of all 8 pairs (not the mean of 0.5 and 0), both folders
     assert "| all-shapes | seed0 | 1.00 / 0.00 (0.00) |" in text.split("Sanity controls")[1]
 
 
