@@ -267,6 +267,12 @@ def test_compare_table_by_seed_merges_folders_and_puts_the_models_side_by_side(
     # without the rename the two labels stay two rows; a method filter keeps one
     assert list(_by_seed_rows(by_seed(folders, ["Mira-Kestrel"]))) == ["ace (64)", "ace"]
     assert list(_by_seed_rows(by_seed(folders, variants=["uce"]))) == ["uce"]
+    # the sets in the order asked for (hazard's only method is uce)
+    assert list(_by_seed_rows(by_seed(folders, ["hazard", "Mira-Kestrel"]))) == [
+        "uce",
+        "ace (64)",
+        "ace",
+    ]
     with pytest.raises(ValueError, match="no rows for octopus"):
         by_seed(folders, ["octopus"])
 
