@@ -189,13 +189,16 @@ def by_seed(
         "| set | method | " + " | ".join(heads) + (" | worst |" if worst else " |"),
         "|---" * (2 + len(heads) + bool(worst)) + "|",
     ]
-    # rows in the order of ``sets`` where given, else of first appearance
+    # rows in the order of ``sets`` and ``variants`` where given, else of first appearance
     set_order = {name: i for i, name in enumerate(dict.fromkeys(r["set"] for r in runs))}
     for i, name in enumerate(sets or []):
         for shown in (name, name.replace("-", " ")):
             if shown in set_order:
                 set_order[shown] = i - len(sets or [])
     method_order = {name: i for i, name in enumerate(dict.fromkeys(r["variant"] for r in runs))}
+    for i, name in enumerate(variants or []):
+        if name in method_order:
+            method_order[name] = i - len(variants or [])
     for (name, variant), by_model in sorted(
         cells.items(), key=lambda item: (set_order[item[0][0]], method_order[item[0][1]])
     ):

@@ -267,6 +267,10 @@ def test_compare_table_by_seed_merges_folders_and_puts_the_models_side_by_side(
     # without the rename the two labels stay two rows; a method filter keeps one
     assert list(_by_seed_rows(by_seed(folders, ["Mira-Kestrel"]))) == ["ace (64)", "ace"]
     assert list(_by_seed_rows(by_seed(folders, variants=["uce"]))) == ["uce"]
+    assert list(_by_seed_rows(by_seed(folders, variants=["ace", "ace (64)"]))) == [
+        "ace",
+        "ace (64)",
+    ]
     # the sets in the order asked for (hazard's only method is uce)
     assert list(_by_seed_rows(by_seed(folders, ["hazard", "Mira-Kestrel"]))) == [
         "uce",
