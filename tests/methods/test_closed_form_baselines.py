@@ -1,6 +1,8 @@
 """UCE, RECE and SPEED: their solutions against direct least-squares oracles on small random
-matrices, and the methods on tiny pipelines of every family and on ToyWorld."""
+matrices, and the methods on tiny pipelines of every family and on ToyWorld; their artefacts
+(and MACE's) load in stock diffusers to the same images."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +111,51 @@ def test_bad_baseline_configs():
     ):
         with pytest.raises(ConfigError, match=message):
             build_config(method, options)
+
+
+def _image(pipe):
+    out = pipe(
+        "a red circle",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        height=32,
+        width=32,
+    )
+    return out.images[0]
+
+
+@pytest.mark.parametrize(
+    "family",  # the SD 2.x and SDXL key layouts for every method: the slow suite
+    [
+        "sd1",
+        pytest.param("sd2", marks=pytest.mark.slow),
+        pytest.param("sdxl", marks=pytest.mark.slow),
+    ],
+)
+@pytest.mark.parametrize("method", ["uce", "rece", "speed", "mace"])
+def test_the_saved_erasure_loads_in_stock_diffusers_to_the_same_images(
+    tiny_pipes, fast_world, tmp_path, monkeypatch, family, method
+):
+    """The artefact of each closed-form method (and MACE's fused LoRAs) is a standard diffusers
+    LoRA: our loader and ``load_lora_weights`` give the same images as the erasure itself, and
+    removing it restores the pipeline's images bit for bit."""
+    monkeypatch.setenv("ACE_ERASURE_CACHE", str(tmp_path / "cache"))
+    pipe = tiny_pipes(family)
+    base = _image(pipe)
+    config = {"lora_steps": 2, "images": 2, "general": 20} if method == "mace" else None
+    erasure = ace_erasure.erase(pipe, ["circle"], method=method, config=config, world=fast_world)
+    erasure.save(tmp_path / "e")
+    loaded = ace_erasure.Erasure.load(tmp_path / "e")
+    assert loaded.method == method
+    assert all(torch.equal(loaded.delta(k), erasure.delta(k)) for k in erasure.edits)
+    with erasure.apply(pipe):
+        ours = _image(pipe)
+    with loaded.apply(pipe):
+        reloaded = _image(pipe)
+    pipe.load_lora_weights(str(tmp_path / "e"))  # stock diffusers, no ace-erasure code
+    stock = _image(pipe)
+    pipe.unload_lora_weights()
+    assert not np.array_equal(ours, base)
+    assert np.array_equal(reloaded, ours) and np.array_equal(stock, ours)
+    assert np.array_equal(_image(pipe), base)

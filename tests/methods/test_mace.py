@@ -16,7 +16,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ACE_ERASURE_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_mace_edits_keys_and_values_and_leaves_the_pipeline(tiny_pipes, fast_world, family):
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
