@@ -419,6 +419,93 @@ def _before_after_grid(pipe, result, seed: int, bars: Bars):
     return grid, prompts
 
 
+def _attack_plan(attacks: str, attack_set: list[str] | None, quick: bool):
+    """The attacks to run and their options, checked before any model is loaded: an unknown
+    attack or option, or an attack named twice, is one line."""
+    from ace_erasure.attacks import attack_config, parse_attack_settings
+    from ace_erasure.errors import ConfigError
+    from ace_erasure.evaluation.evaluate import QUICK_ATTACK_OPTIONS
+
+    names = (
+        [] if attacks.strip() == "none" else [a.strip() for a in attacks.split(",") if a.strip()]
+    )
+    options: dict[str, dict] = dict(QUICK_ATTACK_OPTIONS) if quick else {}
+    try:
+        for attack, values in parse_attack_settings(attack_set or []).items():
+            options[attack] = {**options.get(attack, {}), **values}
+        for name in {*names, *options}:
+            attack_config(name, options.get(name, {}))  # unknown attacks / options: one line now
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+    if len(set(names)) != len(names):
+        raise UsageError(f"--attacks names an attack twice: {attacks}")
+    return names, options
+
+
+def _evaluation_plan(
+    world,
+    concept_names: list[str],
+    entries: dict | None,
+    *,
+    judge: str,
+    attacks: list[str],
+    attack_options: dict,
+    quick: bool,
+    images: int | None,
+    images_other: int | None,
+    pairs: int | None,
+    seed: int,
+    steps: int | None,
+    guidance: float | None,
+):
+    """What `evaluate` and `compare` share once the model is loaded: the judge (the world's,
+    NudeNet or CLIP), the prompt suites (the world's or a file's) and the settings."""
+    import dataclasses
+
+    from ace_erasure.errors import ConfigError
+    from ace_erasure.evaluation.evaluate import QUICK, EvaluateSettings
+    from ace_erasure.evaluation.real_judges import load_judge
+    from ace_erasure.evaluation.suites import suite_from_entry
+
+    if entries is not None:
+        for name in entries:
+            world.resolve(name)  # a concept the model cannot draw is a clear error
+        missing = sorted(set(concept_names) - set(entries))
+        if missing:
+            raise ConfigError(f"the suite file has no entry for {', '.join(missing)}")
+    class_names = sorted(
+        set(concept_names) | {o for e in (entries or {}).values() for o in e["others"]}
+    )
+    scorer = load_judge(judge, world=world, class_names=class_names)
+    settings = EvaluateSettings(
+        seed=seed,
+        steps=steps or world.sampling.steps,
+        guidance=world.sampling.guidance if guidance is None else guidance,
+        attacks=tuple(attacks),
+        attack_options=attack_options,
+    )
+    if quick:
+        settings = dataclasses.replace(settings, **QUICK)
+    settings = dataclasses.replace(
+        settings,
+        images_named=images or settings.images_named,
+        images_per_other=images_other or settings.images_per_other,
+        attack_pairs=pairs or settings.attack_pairs,
+    )
+
+    def suite_for(concept):
+        if entries is None:
+            return world.suite(concept, settings.images_named, settings.images_per_other, seed)
+        return suite_from_entry(
+            concept.name, entries[concept.name], settings.images_named, settings.images_per_other
+        )
+
+    describe = getattr(scorer, "describe", None)
+    judge_record = describe() if callable(describe) else {"name": judge}
+    judge_record |= {"threshold": scorer.threshold, "classes": scorer.classes}
+    return settings, scorer, judge_record, suite_for
+
+
 @app.command()
 def evaluate(
     erasure: Annotated[
@@ -465,34 +552,16 @@ def evaluate(
     ] = False,
 ) -> None:
     """Measure erasures: efficacy, generality, specificity, attacks, quality; HTML report."""
-    import dataclasses
-
     from ace_erasure.api import apply as apply_erasure
-    from ace_erasure.attacks import attack_config, parse_attack_settings
     from ace_erasure.erasure import Erasure
-    from ace_erasure.errors import ConfigError
-    from ace_erasure.evaluation.evaluate import QUICK, QUICK_ATTACK_OPTIONS, EvaluateSettings
     from ace_erasure.evaluation.evaluate import evaluate as run_evaluation
-    from ace_erasure.evaluation.real_judges import load_judge
-    from ace_erasure.evaluation.suites import load_suite_file, suite_from_entry
+    from ace_erasure.evaluation.suites import load_suite_file
     from ace_erasure.io import check_output_folder
     from ace_erasure.worlds import load_pipeline, world_for
 
     check_output_folder(out, overwrite=overwrite)
     _check_sampling(steps, guidance, 1.0)
-    names = (
-        [] if attacks.strip() == "none" else [a.strip() for a in attacks.split(",") if a.strip()]
-    )
-    options: dict[str, dict] = dict(QUICK_ATTACK_OPTIONS) if quick else {}
-    try:
-        for attack, values in parse_attack_settings(attack_set or []).items():
-            options[attack] = {**options.get(attack, {}), **values}
-        for name in {*names, *options}:
-            attack_config(name, options.get(name, {}))  # unknown attacks / options: one line now
-    except ConfigError as error:
-        raise UsageError(str(error)) from error
-    if len(set(names)) != len(names):
-        raise UsageError(f"--attacks names an attack twice: {attacks}")
+    names, options = _attack_plan(attacks, attack_set, quick)
     loaded = [(folder, Erasure.load(folder)) for folder in erasure]
     entries = None
     if suite != "world":
@@ -501,43 +570,21 @@ def evaluate(
     world = world_for(pipe)
     for _, item in loaded:
         item.check_compatible(pipe, force=force)
-    concepts = [c for _, item in loaded for c in item.concepts]
-    if entries is not None:
-        for name in entries:
-            world.resolve(name)  # a concept the model cannot draw is a clear error
-        missing = sorted({c.name for c in concepts} - set(entries))
-        if missing:
-            raise ConfigError(f"the suite file has no entry for {', '.join(missing)}")
-    class_names = sorted(
-        {c.name for c in concepts} | {o for e in (entries or {}).values() for o in e["others"]}
-    )
-    scorer = load_judge(judge, world=world, class_names=class_names)
-    settings = EvaluateSettings(
-        seed=seed,
-        steps=steps or world.sampling.steps,
-        guidance=world.sampling.guidance if guidance is None else guidance,
-        attacks=tuple(names),
+    settings, scorer, judge_record, suite_for = _evaluation_plan(
+        world,
+        [c.name for _, item in loaded for c in item.concepts],
+        entries,
+        judge=judge,
+        attacks=names,
         attack_options=options,
+        quick=quick,
+        images=images,
+        images_other=images_other,
+        pairs=pairs,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
     )
-    if quick:
-        settings = dataclasses.replace(settings, **QUICK)
-    settings = dataclasses.replace(
-        settings,
-        images_named=images or settings.images_named,
-        images_per_other=images_other or settings.images_per_other,
-        attack_pairs=pairs or settings.attack_pairs,
-    )
-
-    def suite_for(concept):
-        if entries is None:
-            return world.suite(concept, settings.images_named, settings.images_per_other, seed)
-        return suite_from_entry(
-            concept.name, entries[concept.name], settings.images_named, settings.images_per_other
-        )
-
-    describe = getattr(scorer, "describe", None)
-    judge_record = describe() if callable(describe) else {"name": judge}
-    judge_record |= {"threshold": scorer.threshold, "classes": scorer.classes}
     labels = [f"{item.method}: {', '.join(c.name for c in item.concepts)}" for _, item in loaded]
     from ace_erasure.evaluation import sharding
 
@@ -631,16 +678,42 @@ def compare(
     attacks: Annotated[
         str, typer.Option(help="Comma-separated attacks (see `evaluate`), or 'none'.")
     ] = ",".join(("random", "soft", "hard", "ti", "cond")),
+    attack_set: Annotated[
+        list[str] | None,
+        typer.Option(help="An attack option, attack.key=value (e.g. soft.k=3); repeatable."),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(help="'world' (the model's own suites, e.g. ToyWorld's) or a YAML file.")
+    ] = "world",
+    judge: Annotated[
+        str, typer.Option(help="'world' (the model's own judge), 'nudenet' or 'clip:DIR'.")
+    ] = "world",
     quick: Annotated[bool, typer.Option(help="evaluate's smaller preset.")] = False,
+    images: Annotated[
+        int | None, typer.Option(min=1, help="Images per named / synonym set (default 16).")
+    ] = None,
+    images_other: Annotated[
+        int | None, typer.Option(min=1, help="Images per other concept (default 4).")
+    ] = None,
+    pairs: Annotated[
+        int | None, typer.Option(min=1, help="Attacked (prompt, seed) pairs per concept (8).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the erasures and the evaluation.")] = 0,
+    steps: Annotated[
+        int | None, typer.Option(help="Sampling steps (default: the model's world).")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance (default: the model's world).")
+    ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     overwrite: OverwriteOption = False,
 ) -> None:
     """Erase the same concepts with several methods and evaluate them side by side.
 
-    One report: tables, charts, image grids, H against the soft-prompt ASR."""
-    import dataclasses
+    One report: tables, charts, image grids, H against the soft-prompt ASR. The evaluation
+    takes `evaluate`'s options: on a model without its own judge (a hub checkpoint), give
+    --judge clip:DIR or nudenet and, for concepts the world does not know, --suite FILE."""
     import shutil
     import tempfile
 
@@ -648,22 +721,21 @@ def compare(
     from ace_erasure.api import erase as run_erase
     from ace_erasure.concepts import load_concepts
     from ace_erasure.errors import ConfigError
-    from ace_erasure.evaluation.evaluate import QUICK, QUICK_ATTACK_OPTIONS, EvaluateSettings
     from ace_erasure.evaluation.evaluate import evaluate as run_evaluation
+    from ace_erasure.evaluation.suites import load_suite_file
     from ace_erasure.io import check_output_folder
     from ace_erasure.methods import build_config, get_method
     from ace_erasure.methods.base import parse_overrides
     from ace_erasure.worlds import load_pipeline, world_for
 
     check_output_folder(out, overwrite=overwrite)
+    _check_sampling(steps, guidance, 1.0)
     names = [m.strip() for m in methods_.split(",") if m.strip()]
     if len(names) < 1 or len(set(names)) != len(names):
         raise UsageError(f"--methods needs distinct method names, got {methods_!r}")
     if not concept and concepts is None:
         raise UsageError("give --concept NAME or --concepts FILE")
-    attack_names = (
-        [] if attacks.strip() == "none" else [a.strip() for a in attacks.split(",") if a.strip()]
-    )
+    attack_names, attack_options = _attack_plan(attacks, attack_set, quick)
     try:
         options: dict[str, dict] = {name: {} for name in names}
         for key, value in parse_overrides(method_set or []).items():
@@ -674,28 +746,28 @@ def compare(
                 )
             options[method_name][option] = value
         configs = {name: build_config(get_method(name), options[name]) for name in names}
-        from ace_erasure.attacks import attack_config
-
-        for name in attack_names:
-            attack_config(name)
     except ConfigError as error:
         raise UsageError(str(error)) from error
     items: list = list(load_concepts(concepts)) if concepts is not None else []
     items += list(concept or [])
+    entries = load_suite_file(suite) if suite != "world" else None
     pipe = load_pipeline(model, device=device, dtype=dtype)
     world = world_for(pipe)
-    settings = EvaluateSettings(
+    settings, scorer, judge_record, suite_for = _evaluation_plan(
+        world,
+        [item if isinstance(item, str) else item.name for item in items],
+        entries,
+        judge=judge,
+        attacks=attack_names,
+        attack_options=attack_options,
+        quick=quick,
+        images=images,
+        images_other=images_other,
+        pairs=pairs,
         seed=seed,
-        steps=world.sampling.steps,
-        guidance=world.sampling.guidance,
-        attacks=tuple(attack_names),
-        attack_options=dict(QUICK_ATTACK_OPTIONS) if quick else {},
+        steps=steps,
+        guidance=guidance,
     )
-    if quick:
-        settings = dataclasses.replace(settings, **QUICK)
-    judge = world.judge()
-    if judge is None:
-        raise AceError("this model has no built-in judge: compare runs on ToyWorld models")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.erasures.", dir=out.parent))
     try:
@@ -717,15 +789,9 @@ def compare(
             run_evaluation(
                 pipe,
                 erasures,
-                judge=judge,
-                judge_record={
-                    "name": "world",
-                    "threshold": judge.threshold,
-                    "classes": judge.classes,
-                },
-                suite_for=lambda c: world.suite(
-                    c, settings.images_named, settings.images_per_other, seed
-                ),
+                judge=scorer,
+                judge_record=judge_record,
+                suite_for=suite_for,
                 settings=settings,
                 out=out,
                 apply=apply_erasure,

@@ -326,3 +326,48 @@ def test_load_judge_bad_spec(spec):
 def test_load_judge_clip_needs_class_names(clip_folder):
     with pytest.raises(ConfigError, match="class names"):
         load_judge("clip:" + str(clip_folder))
+
+
+# `compare` on a model without its own judge (a hub checkpoint's path, here a tiny one)
+
+
+def test_compare_runs_on_a_model_without_a_world_judge(
+    clip_folder, no_network, tmp_path, monkeypatch
+):
+    """`ace-erasure compare` with --judge clip:DIR and --suite FILE, as a user of a real
+    checkpoint runs it: every method erased and evaluated through the same judge and prompts,
+    one results.json and report, the erasures saved beside them."""
+    import json
+    import sys
+
+    from ace_erasure.cli import main
+    from ace_erasure.testing import tiny_pipeline
+
+    model = tmp_path / "tiny-sd1"
+    tiny_pipeline("sd1").save_pretrained(model)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "concepts:\n"
+        "  circle:\n"
+        "    named: [a red circle, a blue circle]\n"
+        "    synonyms: [a round disc]\n"
+        "    others:\n"
+        "      square: [a red square]\n"
+    )
+    out = tmp_path / "compare"
+    args = ["compare", "--methods", "uce,speed", "--concept", "circle", "--model", str(model)]
+    args += ["--judge", f"clip:{clip_folder}", "--suite", str(suite), "--attacks", "none"]
+    args += ["--images", "2", "--images-other", "1", "--steps", "2", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["ace-erasure", *args])
+    try:
+        main(args)
+    except SystemExit as exit_:
+        assert not exit_.code, exit_.code
+    results = json.loads((out / "results.json").read_text())
+    assert [e["label"] for e in results["erasures"]] == ["uce: circle", "speed: circle"]
+    assert results["judge"]["name"].startswith("clip") and results["settings"]["steps"] == 2
+    for entry in results["erasures"]:
+        assert entry["results"][0]["metrics"]["n"]["named"] == 2
+    assert (out / "report.html").is_file()
+    assert sorted(p.name for p in (out / "erasures").iterdir()) == ["speed", "uce"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare", "suite.yaml", "tiny-sd1"]
