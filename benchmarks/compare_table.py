@@ -123,6 +123,16 @@ def pooled(rows: list[dict]) -> dict:
     return out
 
 
+def _order(seen: list[str], asked: list[str]) -> dict[str, int]:
+    """A sort key per name: the names asked for first, in their order, then the others in
+    the order they were first seen."""
+    order = {name: i for i, name in enumerate(dict.fromkeys(seen))}
+    for i, name in enumerate(asked):
+        if name in order:
+            order[name] = i - len(asked)
+    return order
+
+
 def distinct(texts: list[str]) -> list[str]:
     """Values that differ: "hexagon 4" is "hexagon 4/4" from a result file that did not
     record how many images hexagon had."""
@@ -173,13 +183,12 @@ def by_seed(
             found.append(("colours", f"{fmt(r['attribute_acc'])} ({fmt(r['attribute_acc_base'])})"))
         for name, x in r["attacks"].items():
             found += [(name, fmt(x["asr"])), ("no attack", fmt(x["no_attack_rate"]))]
-        for column, text in found:
-            if text not in cell.setdefault(column, []):
-                cell[column].append(text)
-        for name, x in r["attacks"].items():
             if name in worst and x["asr"] is not None:
                 key = (r["set"], r["variant"], r["model"])
                 highest[key] = max(highest.get(key, 0.0), x["asr"])
+        for column, text in found:
+            if text not in cell.setdefault(column, []):
+                cell[column].append(text)
     columns = ["acc_e", "acc_s", "most_lost", "no attack", *attacks]
     heads = ["Acc_e", "Acc_s (base)", "most lost", "no attack", *(f"{a} ASR" for a in attacks)]
     if any(r["attribute_acc"] is not None for r in runs):
@@ -190,15 +199,10 @@ def by_seed(
         "|---" * (2 + len(heads) + bool(worst)) + "|",
     ]
     # rows in the order of ``sets`` and ``variants`` where given, else of first appearance
-    set_order = {name: i for i, name in enumerate(dict.fromkeys(r["set"] for r in runs))}
-    for i, name in enumerate(sets or []):
-        for shown in (name, name.replace("-", " ")):
-            if shown in set_order:
-                set_order[shown] = i - len(sets or [])
-    method_order = {name: i for i, name in enumerate(dict.fromkeys(r["variant"] for r in runs))}
-    for i, name in enumerate(variants or []):
-        if name in method_order:
-            method_order[name] = i - len(variants or [])
+    shown = {r["set"] for r in runs}  # "Mira Kestrel" for the folder Mira-Kestrel
+    asked = [n if n in shown else n.replace("-", " ") for n in sets or []]
+    set_order = _order([r["set"] for r in runs], asked)
+    method_order = _order([r["variant"] for r in runs], variants or [])
     for (name, variant), by_model in sorted(
         cells.items(), key=lambda item: (set_order[item[0][0]], method_order[item[0][1]])
     ):

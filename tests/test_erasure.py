@@ -13,20 +13,9 @@ from ace_erasure import AceConfig, Erasure, erase
 from ace_erasure.erasure import ModuleEdit
 from ace_erasure.errors import AceError, WeightsError
 from ace_erasure.models.plumbing import base_linear
+from ace_erasure.testing import tiny_image
 
 FAST = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2)
-
-
-def _image(pipe, prompt="a red circle"):
-    out = pipe(
-        prompt,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        height=32,
-        width=32,
-    )
-    return np.asarray(out.images[0])
 
 
 def _random_edits(pipe, keys, rank=2, seed=0, gates=1):
@@ -54,7 +43,7 @@ def _state(pipe):
 def test_lora_round_trip_through_stock_diffusers(tiny_pipes, tmp_path):
     for family in ("sd1", "sdxl"):
         pipe = tiny_pipes(family)
-        base = _image(pipe)
+        base = tiny_image(pipe)
         erasure = erase(pipe, ["circle"], config=FAST)
         erasure.save(tmp_path / family)
         loaded = Erasure.load(tmp_path / family)
@@ -64,18 +53,18 @@ def test_lora_round_trip_through_stock_diffusers(tiny_pipes, tmp_path):
             assert torch.equal(loaded.delta(key), erasure.delta(key))
         flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
         with loaded.apply(pipe):
-            ours = _image(pipe)
-        assert np.array_equal(_image(pipe), base)
+            ours = tiny_image(pipe)
+        assert np.array_equal(tiny_image(pipe), base)
         assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == flags
         pipe.load_lora_weights(str(tmp_path / family))  # stock diffusers, no ace-erasure code
-        stock = _image(pipe)
+        stock = tiny_image(pipe)
         pipe.unload_lora_weights()
         assert not np.array_equal(ours, base)
         assert np.array_equal(stock, ours)
         fused = erasure.fuse(pipe)
-        assert np.abs(_image(pipe) - ours).max() < 1e-4  # merged: same images up to rounding
+        assert np.abs(tiny_image(pipe) - ours).max() < 1e-4  # merged: same images up to rounding
         fused.remove()
-        assert np.array_equal(_image(pipe), base)
+        assert np.array_equal(tiny_image(pipe), base)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -83,7 +72,7 @@ def test_any_module_of_any_component_with_gates(tiny_pipes, tmp_path, family):
     """Self-attention, feed-forward and text-encoder modules (ESD-u, a text-encoder LoRA) are
     expressible, reload in stock diffusers to the same images, and fuse / remove exactly."""
     pipe = tiny_pipes(family)
-    base, before = _image(pipe), _state(pipe)
+    base, before = tiny_image(pipe), _state(pipe)
     keys = [
         "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
         "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2",
@@ -103,17 +92,17 @@ def test_any_module_of_any_component_with_gates(tiny_pipes, tmp_path, family):
     record = json.loads((tmp_path / "e" / "erasure.json").read_text())
     assert set(record["modules"]) == set(keys) and record["base_fingerprint"]["text_encoder"]
     with erasure.apply(pipe):
-        ours = _image(pipe)
-    assert np.array_equal(_image(pipe), base)
+        ours = tiny_image(pipe)
+    assert np.array_equal(tiny_image(pipe), base)
     pipe.load_lora_weights(str(tmp_path / "e"))
-    stock = _image(pipe)
+    stock = tiny_image(pipe)
     pipe.unload_lora_weights()
     assert not np.array_equal(ours, base) and np.array_equal(stock, ours)
     with erasure.fuse(pipe):
         after = _state(pipe)
         changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
         assert changed == {f"{k}.weight" for k in keys}
-        assert np.abs(_image(pipe) - ours).max() < 1e-4
+        assert np.abs(tiny_image(pipe) - ours).max() < 1e-4
     assert all(torch.equal(v, before[k]) for k, v in _state(pipe).items())
 
 
@@ -132,20 +121,20 @@ def test_gates_scale_row_blocks_and_are_folded_into_the_lora():
 
 def test_erasures_compose_and_scale(tiny_pipes):
     pipe = tiny_pipes("sd1")
-    base = _image(pipe)
+    base = tiny_image(pipe)
     first = erase(pipe, ["circle"], config=FAST)
     second = erase(pipe, ["square"], config=FAST)
     a, b = first.apply(pipe), second.apply(pipe)
     assert sorted(pipe.get_active_adapters()) == sorted([a.adapter_name, b.adapter_name])
     pipe.set_adapters([a.adapter_name, b.adapter_name], adapter_weights=[0.0, 0.0])
-    assert np.abs(_image(pipe) - base).max() < 1e-5
+    assert np.abs(tiny_image(pipe) - base).max() < 1e-5
     a.remove()
     b.remove()
     b.remove()  # removing twice is harmless
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
     with pytest.raises(AceError, match="already loaded"), first.apply(pipe):
         first.apply(pipe)
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
 
 
 def test_same_seed_same_bytes(tiny_pipes, tmp_path):

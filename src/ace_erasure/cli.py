@@ -63,6 +63,36 @@ ModelOption = Annotated[str | None, typer.Option(help=MODEL_HELP)]
 DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 DtypeOption = Annotated[str, typer.Option(help=DTYPE_HELP)]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
+# the evaluation options `evaluate` and `compare` share
+ALL_ATTACKS = ",".join(("random", "soft", "hard", "ti", "cond"))
+AttacksOption = Annotated[
+    str, typer.Option(help="Comma-separated attacks: random,soft,hard,ti,cond (or 'none').")
+]
+AttackSetOption = Annotated[
+    list[str] | None,
+    typer.Option(help="An attack option, attack.key=value (e.g. soft.k=3); repeatable."),
+]
+SuiteOption = Annotated[
+    str, typer.Option(help="'world' (the model's own suites, e.g. ToyWorld's) or a YAML file.")
+]
+JudgeOption = Annotated[
+    str, typer.Option(help="'world' (the model's own judge), 'nudenet' or 'clip:DIR'.")
+]
+ImagesOption = Annotated[
+    int | None, typer.Option(min=1, help="Images per named / synonym set (default 16).")
+]
+ImagesOtherOption = Annotated[
+    int | None, typer.Option(min=1, help="Images per other concept (default 4).")
+]
+PairsOption = Annotated[
+    int | None, typer.Option(min=1, help="Attacked (prompt, seed) pairs per concept (8).")
+]
+EvalStepsOption = Annotated[
+    int | None, typer.Option(help="Sampling steps (default: the model's world).")
+]
+EvalGuidanceOption = Annotated[
+    float | None, typer.Option(help="Classifier-free guidance (default: the model's world).")
+]
 
 
 def _quiet_libraries() -> None:
@@ -513,37 +543,17 @@ def evaluate(
     ],
     out: Annotated[Path, typer.Option(help="Report folder (results.json, report.html, images/).")],
     model: ModelOption = None,
-    attacks: Annotated[
-        str,
-        typer.Option(help="Comma-separated attacks: random,soft,hard,ti,cond (or 'none')."),
-    ] = ",".join(("random", "soft", "hard", "ti", "cond")),
-    attack_set: Annotated[
-        list[str] | None,
-        typer.Option(help="An attack option, attack.key=value (e.g. soft.k=3); repeatable."),
-    ] = None,
-    suite: Annotated[
-        str, typer.Option(help="'world' (the model's own suites, e.g. ToyWorld's) or a YAML file.")
-    ] = "world",
-    judge: Annotated[
-        str, typer.Option(help="'world' (the model's own judge), 'nudenet' or 'clip:DIR'.")
-    ] = "world",
+    attacks: AttacksOption = ALL_ATTACKS,
+    attack_set: AttackSetOption = None,
+    suite: SuiteOption = "world",
+    judge: JudgeOption = "world",
     quick: Annotated[bool, typer.Option(help="A smaller preset: a first look in ~2 min.")] = False,
-    images: Annotated[
-        int | None, typer.Option(min=1, help="Images per named / synonym set (default 16).")
-    ] = None,
-    images_other: Annotated[
-        int | None, typer.Option(min=1, help="Images per other concept (default 4).")
-    ] = None,
-    pairs: Annotated[
-        int | None, typer.Option(min=1, help="Attacked (prompt, seed) pairs per concept (8).")
-    ] = None,
+    images: ImagesOption = None,
+    images_other: ImagesOtherOption = None,
+    pairs: PairsOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
-    steps: Annotated[
-        int | None, typer.Option(help="Sampling steps (default: the model's world).")
-    ] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance (default: the model's world).")
-    ] = None,
+    steps: EvalStepsOption = None,
+    guidance: EvalGuidanceOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     overwrite: OverwriteOption = False,
@@ -675,36 +685,17 @@ def compare(
         list[str] | None,
         typer.Option(help="A method option, method.key=value (e.g. uce.lamb=1); repeatable."),
     ] = None,
-    attacks: Annotated[
-        str, typer.Option(help="Comma-separated attacks (see `evaluate`), or 'none'.")
-    ] = ",".join(("random", "soft", "hard", "ti", "cond")),
-    attack_set: Annotated[
-        list[str] | None,
-        typer.Option(help="An attack option, attack.key=value (e.g. soft.k=3); repeatable."),
-    ] = None,
-    suite: Annotated[
-        str, typer.Option(help="'world' (the model's own suites, e.g. ToyWorld's) or a YAML file.")
-    ] = "world",
-    judge: Annotated[
-        str, typer.Option(help="'world' (the model's own judge), 'nudenet' or 'clip:DIR'.")
-    ] = "world",
+    attacks: AttacksOption = ALL_ATTACKS,
+    attack_set: AttackSetOption = None,
+    suite: SuiteOption = "world",
+    judge: JudgeOption = "world",
     quick: Annotated[bool, typer.Option(help="evaluate's smaller preset.")] = False,
-    images: Annotated[
-        int | None, typer.Option(min=1, help="Images per named / synonym set (default 16).")
-    ] = None,
-    images_other: Annotated[
-        int | None, typer.Option(min=1, help="Images per other concept (default 4).")
-    ] = None,
-    pairs: Annotated[
-        int | None, typer.Option(min=1, help="Attacked (prompt, seed) pairs per concept (8).")
-    ] = None,
+    images: ImagesOption = None,
+    images_other: ImagesOtherOption = None,
+    pairs: PairsOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the erasures and the evaluation.")] = 0,
-    steps: Annotated[
-        int | None, typer.Option(help="Sampling steps (default: the model's world).")
-    ] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance (default: the model's world).")
-    ] = None,
+    steps: EvalStepsOption = None,
+    guidance: EvalGuidanceOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     overwrite: OverwriteOption = False,

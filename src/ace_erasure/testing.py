@@ -5,6 +5,7 @@ SD 2.x ("sd2": linear projections, per-block head dims, v-prediction) or SDXL ("
 encoders, the pooled embedding entering through the time embedding). ``sd15_sized_pipeline``
 gives a random pipeline with SD 1.5's UNet (~860 M parameters) and a CLIP-L-sized text encoder,
 for timing benchmarks. All use the real CLIP BPE vocabulary shipped with the package.
+``tiny_image(pipe)`` is the one small image the tests compare.
 """
 
 from __future__ import annotations
@@ -144,6 +145,22 @@ def tiny_pipeline(family: Family = "sd1", seed: int = 0) -> Any:
         raise ValueError(f"unknown family {family!r}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_image(pipe, prompt: str = "a red circle") -> Any:
+    """One 32 x 32 image of a tiny pipeline in 2 steps, seed 0, as a numpy array: what the
+    tests compare bit for bit (an erasure applied, saved and reloaded, removed)."""
+    import numpy as np
+
+    out = pipe(
+        prompt,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        height=32,
+        width=32,
+    )
+    return np.asarray(out.images[0])
 
 
 def sd15_sized_pipeline(seed: int = 0) -> Any:

@@ -11,6 +11,7 @@ from ace_erasure.methods.rece import adversarial_embeddings
 from ace_erasure.methods.speed import constrained_edit, null_space
 from ace_erasure.methods.uce import UceConfig, uce_edit
 from ace_erasure.models.plumbing import cross_attention_layers
+from ace_erasure.testing import tiny_image
 
 
 def _random(n, d, seed):
@@ -113,18 +114,6 @@ def test_bad_baseline_configs():
             build_config(method, options)
 
 
-def _image(pipe):
-    out = pipe(
-        "a red circle",
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        height=32,
-        width=32,
-    )
-    return out.images[0]
-
-
 @pytest.mark.parametrize(
     "family",  # the SD 2.x and SDXL key layouts for every method: the slow suite
     [
@@ -142,7 +131,7 @@ def test_the_saved_erasure_loads_in_stock_diffusers_to_the_same_images(
     removing it restores the pipeline's images bit for bit."""
     monkeypatch.setenv("ACE_ERASURE_CACHE", str(tmp_path / "cache"))
     pipe = tiny_pipes(family)
-    base = _image(pipe)
+    base = tiny_image(pipe)
     config = {"lora_steps": 2, "images": 2, "general": 20} if method == "mace" else None
     erasure = ace_erasure.erase(pipe, ["circle"], method=method, config=config, world=fast_world)
     erasure.save(tmp_path / "e")
@@ -150,12 +139,12 @@ def test_the_saved_erasure_loads_in_stock_diffusers_to_the_same_images(
     assert loaded.method == method
     assert all(torch.equal(loaded.delta(k), erasure.delta(k)) for k in erasure.edits)
     with erasure.apply(pipe):
-        ours = _image(pipe)
+        ours = tiny_image(pipe)
     with loaded.apply(pipe):
-        reloaded = _image(pipe)
+        reloaded = tiny_image(pipe)
     pipe.load_lora_weights(str(tmp_path / "e"))  # stock diffusers, no ace-erasure code
-    stock = _image(pipe)
+    stock = tiny_image(pipe)
     pipe.unload_lora_weights()
     assert not np.array_equal(ours, base)
     assert np.array_equal(reloaded, ours) and np.array_equal(stock, ours)
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)

@@ -16,6 +16,7 @@ from ace_erasure.methods.advunlearn import ADVUNLEARN, AdvUnlearnConfig, text_en
 from ace_erasure.methods.esd import ESD_U, ESD_X, EsdConfig, esd_target, spread
 from ace_erasure.models.plumbing import base_linear, cross_attention_layers
 from ace_erasure.prompts import GenericWorld, Sampling
+from ace_erasure.testing import tiny_image
 
 WORLD = GenericWorld(Sampling(steps=2, guidance=2.0))  # unedited images in two steps
 TINY = {
@@ -47,18 +48,6 @@ def _registered(tmp_path, monkeypatch):
             methods.register(before[method.name], replace=True)
         else:
             methods.unregister(method.name)
-
-
-def _image(pipe):
-    out = pipe(
-        "a red circle",
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        height=32,
-        width=32,
-    )
-    return np.asarray(out.images[0])
 
 
 def _state(pipe):
@@ -100,7 +89,7 @@ def _claimed(pipe, method, keys):
 @pytest.mark.parametrize("method", ["esd-x", "esd-u", "advunlearn"])
 def test_trains_only_what_it_claims_and_saves_a_standard_lora(tiny_pipes, tmp_path, family, method):
     pipe = tiny_pipes(family)
-    before, base = _state(pipe), _image(pipe)
+    before, base = _state(pipe), tiny_image(pipe)
     reports = []
     erasure = erase(
         pipe,
@@ -129,12 +118,12 @@ def test_trains_only_what_it_claims_and_saves_a_standard_lora(tiny_pipes, tmp_pa
     loaded = Erasure.load(tmp_path / "e")
     assert all(torch.equal(loaded.delta(k), erasure.delta(k)) for k in keys)
     with loaded.apply(pipe):
-        ours = _image(pipe)
+        ours = tiny_image(pipe)
     pipe.load_lora_weights(str(tmp_path / "e"))  # stock diffusers
-    stock = _image(pipe)
+    stock = tiny_image(pipe)
     pipe.unload_lora_weights()
     assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
 
 
 @pytest.mark.parametrize("method", ["esd-x", "advunlearn"])

@@ -1,6 +1,5 @@
 """ACE stages 0-1 on tiny random pipelines of every family."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,18 +9,6 @@ from ace_erasure.models.conditioning import encode_prompts
 from ace_erasure.models.plumbing import cross_attention_layers, token_span, tokenizers
 
 FAST = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2)
-
-
-def _image(pipe, prompt="a red circle"):
-    out = pipe(
-        prompt,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        height=32,
-        width=32,
-    )
-    return np.asarray(out.images[0])
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])

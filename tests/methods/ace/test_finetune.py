@@ -10,6 +10,7 @@ from ace_erasure.concepts import Concept
 from ace_erasure.errors import ConfigError
 from ace_erasure.methods.ace import finetune as stage2
 from ace_erasure.methods.ace.finetune import PreserveFocus, PreservePrompts
+from ace_erasure.testing import tiny_image
 
 TINY = dict(
     neighbours=0,
@@ -31,34 +32,22 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ACE_ERASURE_CACHE", str(tmp_path / "cache"))
 
 
-def _image(pipe):
-    out = pipe(
-        "a red circle",
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        height=32,
-        width=32,
-    )
-    return np.asarray(out.images[0])
-
-
 def _assert_stock_diffusers_draws_the_same(pipe, erasure, tmp_path, base) -> None:
     """Saved, the erasure loads in stock diffusers to the images our ``apply`` gives (not the
     base's), and unloading restores the base image."""
     erasure.save(tmp_path / "e")
     with Erasure.load(tmp_path / "e").apply(pipe):
-        ours = _image(pipe)
+        ours = tiny_image(pipe)
     # stock diffusers (PEFT) freezes the base weights and leaves them frozen after unloading;
     # the session's shared pipeline must stay as other tests expect it
     trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
     pipe.load_lora_weights(str(tmp_path / "e"))
-    stock = _image(pipe)
+    stock = tiny_image(pipe)
     pipe.unload_lora_weights()
     for p in trainable:
         p.requires_grad_(True)
     assert np.array_equal(stock, ours) and not np.array_equal(ours, base)
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -67,7 +56,7 @@ def test_stage_two_trains_the_factors_and_leaves_a_standard_lora(
 ):
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    base = _image(pipe)
+    base = tiny_image(pipe)
     closed = erase(pipe, ["circle"], config=AceConfig(**TINY | {"stage": 1}), world=fast_world)
     tuned = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
     assert [s.name for s in tuned.stages] == [
@@ -194,7 +183,7 @@ def test_a_text_encoder_lora_trains_beside_the_factors_and_loads_in_stock_diffus
     pipe = tiny_pipes(family)
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     before = [{k: v.clone() for k, v in e.state_dict().items()} for e in encoders]
-    base = _image(pipe)
+    base = tiny_image(pipe)
     plain = erase(pipe, ["circle"], config=AceConfig(**TINY), world=fast_world)
     tuned = erase(
         pipe,
@@ -212,7 +201,7 @@ def test_a_text_encoder_lora_trains_beside_the_factors_and_loads_in_stock_diffus
         assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in state.items())
         linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
         assert not any(m._forward_hooks for m in linears)
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
     _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 
@@ -222,7 +211,7 @@ def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers
 ):
     pipe = tiny_pipes(family)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    base = _image(pipe)
+    base = tiny_image(pipe)
     options = TINY | {"finetune_unet_rank": 0}
     plain = erase(pipe, ["circle"], config=AceConfig(**options), world=fast_world)
     tuned = erase(
@@ -240,7 +229,7 @@ def test_a_unet_lora_outside_cross_attention_trains_and_loads_in_stock_diffusers
     # the hooks are gone, the weights as they were
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())
     assert not any(m._forward_hooks for m in pipe.unet.modules() if isinstance(m, torch.nn.Linear))
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
     _assert_stock_diffusers_draws_the_same(pipe, tuned, tmp_path, base)
 
 

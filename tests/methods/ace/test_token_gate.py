@@ -15,20 +15,9 @@ from ace_erasure.methods.ace.token_gate import (
     mask_parameters,
 )
 from ace_erasure.models.plumbing import cross_attention_layers
+from ace_erasure.testing import tiny_image
 
 CONFIG = AceConfig(neighbours=1, gate_steps=1, gate_prompts=2, mode="token_gate")
-
-
-def _image(pipe, prompt="a red circle"):
-    out = pipe(
-        prompt,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        height=32,
-        width=32,
-    )
-    return np.asarray(out.images[0])
 
 
 def _install(pipe, erasure, threshold, sharpness=1e4):
@@ -45,15 +34,15 @@ def _install(pipe, erasure, threshold, sharpness=1e4):
 
 def test_mask_limits_equal_lora_and_base(tiny_pipes):
     pipe = tiny_pipes("sd1")
-    base = _image(pipe)
+    base = tiny_image(pipe)
     original = dict(pipe.unet.attn_processors)
     erasure = erase(pipe, ["circle"], config=CONFIG)
     with erasure.fuse(pipe):
-        lora = _image(pipe)
+        lora = tiny_image(pipe)
     _install(pipe, erasure, threshold=-1.0)  # every token in the mask: the LoRA
-    all_tokens = _image(pipe)
+    all_tokens = tiny_image(pipe)
     _install(pipe, erasure, threshold=2.0)  # no token in the mask: the base model
-    no_tokens = _image(pipe)
+    no_tokens = tiny_image(pipe)
     pipe.unet.set_attn_processor(original)
     assert np.abs(all_tokens - lora).max() < 1e-4
     assert np.abs(no_tokens - base).max() < 1e-5
@@ -62,7 +51,7 @@ def test_mask_limits_equal_lora_and_base(tiny_pipes):
 
 def test_token_gate_round_trip_and_remove(tiny_pipes, tmp_path):
     pipe = tiny_pipes("sd1")
-    base = _image(pipe)
+    base = tiny_image(pipe)
     erasure = erase(pipe, ["circle"], config=CONFIG)
     assert erasure.method_data["mode"] == "token_gate"
     erasure.save(tmp_path / "e")
@@ -74,13 +63,13 @@ def test_token_gate_round_trip_and_remove(tiny_pipes, tmp_path):
     processors = dict(pipe.unet.attn_processors)
     with ace_erasure.apply(loaded, pipe):  # the method's own way: the token-gate processors
         assert any(isinstance(p, TokenGateProcessor) for p in pipe.unet.attn_processors.values())
-        gated = _image(pipe)
+        gated = tiny_image(pipe)
         with pytest.raises(AceError, match="already installed"):
             install(pipe, loaded)
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {
         k: type(v) for k, v in processors.items()
     }
-    assert np.array_equal(_image(pipe), base)
+    assert np.array_equal(tiny_image(pipe), base)
     assert not np.array_equal(gated, base)
 
 
