@@ -178,6 +178,10 @@ def rows_from(out: Path) -> list[dict]:
                     "attribute_acc_base": m.get("attribute_acc_base"),
                     "others_lost": others_lost(m),
                     "others_images": m.get("others_images", {}),
+                    # images per other concept behind Acc_s (older files: the setting)
+                    "images_per_other": min(m["others_images"].values())
+                    if m.get("others_images")
+                    else results.get("settings", {}).get("images_per_other"),
                     "attacks": {
                         name: {
                             k: a.get(k)

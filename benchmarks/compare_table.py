@@ -97,16 +97,18 @@ CONTROL_KEYS = ("asr_unedited", "asr_text_blind", "no_attack_rate_text_blind")
 
 def pooled(rows: list[dict]) -> dict:
     """One erasure's rows (one folder, model and method; several rows when it erased a set of
-    concepts at once) as one: Acc_e the highest over the set, the colour accuracy the mean,
+    concepts at once) as one: Acc_e and Acc_g the highest over the set, the colour accuracy the mean,
     and each attack's rates pooled over all the set's pairs."""
     first = rows[0]
     out = {k: first[k] for k in ("model", "variant", "folder")}
     # a folder of one concept is named after it ("Mira-Kestrel"): show the concept's name
     out["set"] = out["concept"] = first["concept"] if len(rows) == 1 else first["set"]
     out["acc_e"] = max(r["acc_e"] for r in rows)
+    out["acc_g"] = max(r["acc_g"] for r in rows)
     # Acc_s of a set erased at once counts the set's other members, erased too: not shown
     out["acc_s"] = first["acc_s"] if len(rows) == 1 else None
     out["acc_s_base"] = first["acc_s_base"]
+    out["images_per_other"] = first.get("images_per_other")
     out["most_lost"] = most_lost(first) if len(rows) == 1 else "–"
     for key in ("attribute_acc", "attribute_acc_base"):
         values = [r.get(key) for r in rows]
@@ -121,6 +123,15 @@ def pooled(rows: list[dict]) -> dict:
             pool[k] = sum(v * w for v, w in values) / n if len(values) == len(runs) else None
         out["attacks"][name] = pool
     return out
+
+
+def acc_s_text(row: dict) -> str:
+    """Acc_s with the unedited model's value and, where recorded, the images per other
+    concept it rests on: "0.98 (1.00) ×16"."""
+    if row["acc_s"] is None:
+        return "–"
+    of = f" ×{row['images_per_other']}" if row.get("images_per_other") else ""
+    return f"{fmt(row['acc_s'])} ({fmt(row['acc_s_base'])}){of}"
 
 
 def _order(seen: list[str], asked: list[str]) -> dict[str, int]:
@@ -176,7 +187,8 @@ def by_seed(
         cell = cells.setdefault((r["set"], r["variant"]), {}).setdefault(r["model"], {})
         found = [
             ("acc_e", fmt(r["acc_e"])),
-            ("acc_s", "–" if r["acc_s"] is None else f"{fmt(r['acc_s'])} ({fmt(r['acc_s_base'])})"),
+            ("acc_g", fmt(r["acc_g"])),
+            ("acc_s", acc_s_text(r)),
             ("most_lost", r["most_lost"]),
         ]
         if r["attribute_acc"] is not None:
@@ -189,11 +201,11 @@ def by_seed(
         for column, text in found:
             if text not in cell.setdefault(column, []):
                 cell[column].append(text)
-    columns = ["acc_e", "acc_s", "most_lost", "no attack", *attacks]
-    heads = ["Acc_e", "Acc_s (base)", "most lost", "no attack", *(f"{a} ASR" for a in attacks)]
+    columns = ["acc_e", "acc_g", "acc_s", "most_lost", "no attack", *attacks]
+    heads = ["Acc_e", "Acc_g", "Acc_s (base) ×images each", "most lost", "no attack", *(f"{a} ASR" for a in attacks)]
     if any(r["attribute_acc"] is not None for r in runs):
-        columns.insert(3, "colours")
-        heads.insert(3, "colours (base)")
+        columns.insert(4, "colours")
+        heads.insert(4, "colours (base)")
     lines = [
         "| set | method | " + " | ".join(heads) + (" | worst |" if worst else " |"),
         "|---" * (2 + len(heads) + bool(worst)) + "|",
@@ -221,7 +233,7 @@ def by_seed(
         f"Each cell: {' ‖ '.join(models)}; where two folders measured a number differently, "
         f"each value, separated by ;. Worst: the highest ASR of {', '.join(worst) or 'none'}. "
         "Colours: the asked colour read in the concept's own images. A set of several "
-        "concepts erased at once: Acc_e the highest over them, the colours their mean, ASR "
+        "concepts erased at once: Acc_e and Acc_g the highest over them, the colours their mean, ASR "
         "pooled over all their pairs (no Acc_s: the other concepts are erased too). "
         f"Attack pairs per cell: {n_pairs}; mode: {', '.join(modes)}. "
         f"Folders: {', '.join(f.name for f in folders)}.",

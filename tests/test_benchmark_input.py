@@ -155,6 +155,7 @@ def test_the_tables_most_lost_column_reads_old_and_new_result_files(monkeypatch)
 def _write_result(folder: Path, concept: str, label: str, attacks: dict) -> None:
     """A minimal ``compare.py`` result file: one erasure of ``concept`` under ``attacks``."""
     metrics = {"H": 1.0, "acc_e": 0.0, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+    metrics |= {"others_images": {"square": 16, "star": 4}}
     result = {"concept": concept, "metrics": metrics, "attacks": attacks}
     entry = {"label": label, "erase_seconds": 1.0, "cost": {"peak_rss_mb": 1}}
     folder.mkdir(parents=True)
@@ -262,8 +263,9 @@ def test_compare_table_by_seed_merges_folders_and_puts_the_models_side_by_side(
     folders = [tmp_path / "a", tmp_path / "b"]
     rows = _by_seed_rows(by_seed(folders, ["Mira Kestrel"], rename={"ace (64)": "ace"}))
     assert list(rows) == ["ace"]
-    # Acc_e, Acc_s (base), most lost, no attack, soft, random, ti, worst
-    assert rows["ace"][4:] == ["0.12 ‖ 0.50", "0.75 ‖ 0.75", "0.25 ‖ 0.00", "0.25 ‖ 0.50"]
+    # Acc_e, Acc_g, Acc_s (base), most lost, no attack, soft, random, ti, worst
+    assert rows["ace"][2] == "1.00 (1.00) ×4 ‖ 1.00 (1.00) ×4"  # the fewest images per concept
+    assert rows["ace"][5:] == ["0.12 ‖ 0.50", "0.75 ‖ 0.75", "0.25 ‖ 0.00", "0.25 ‖ 0.50"]
     # without the rename the two labels stay two rows; a method filter keeps one
     assert list(_by_seed_rows(by_seed(folders, ["Mira-Kestrel"]))) == ["ace (64)", "ace"]
     assert list(_by_seed_rows(by_seed(folders, variants=["uce"]))) == ["uce"]
@@ -292,7 +294,8 @@ def test_compare_table_by_seed_pools_a_set_of_concepts_and_shows_disagreeing_run
     for run, second_acc_e in (("a", 0.25), ("b", 0.5)):
         results = []
         for concept, acc_e, asr, n in (("circle", 0.0, 0.5, 2), ("heart", second_acc_e, 0.0, 6)):
-            metrics = {"H": 1.0, "acc_e": acc_e, "acc_g": 0.0, "acc_s": 1.0, "acc_s_base": 1.0}
+            metrics = {"H": 1.0, "acc_e": acc_e, "acc_g": acc_e / 2, "acc_s": 1.0}
+            metrics |= {"acc_s_base": 1.0}
             metrics |= {"attribute_acc": 1.0 - asr, "attribute_acc_base": 1.0}
             attacks = {"soft": _attack(asr, n_pairs=n)}
             results.append({"concept": concept, "metrics": metrics, "attacks": attacks})
@@ -304,11 +307,12 @@ def test_compare_table_by_seed_pools_a_set_of_concepts_and_shows_disagreeing_run
         )
     text = by_seed([tmp_path / "a", tmp_path / "b"], ["all-shapes"])
     cells = _by_seed_rows(text)["mace"]
-    # Acc_e, Acc_s, most lost, colours, no attack, soft, worst
+    # Acc_e, Acc_g, Acc_s, most lost, colours, no attack, soft, worst
     assert cells[0] == "0.25; 0.50"  # Acc_e: the highest of the set, per folder
-    assert cells[1] == "–"  # Acc_s would count the set's other members, erased too
-    assert cells[3] == "0.75 (1.00)"  # the colours: the mean over the set
-    assert cells[5] == "0.12"  # soft: 1 of all 8 pairs (not the mean of 0.5 and 0), both folders
+    assert cells[1] == "0.12; 0.25"  # Acc_g too
+    assert cells[2] == "–"  # Acc_s would count the set's other members, erased too
+    assert cells[4] == "0.75 (1.00)"  # the colours: the mean over the set
+    assert cells[6] == "0.12"  # soft: 1 of all 8 pairs (not the mean of 0.5 and 0), both folders
     assert "| all-shapes | seed0 | 1.00 / 0.00 (0.00) |" in text.split("Sanity controls")[1]
 
 
