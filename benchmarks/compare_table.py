@@ -202,7 +202,14 @@ def by_seed(
             if text not in cell.setdefault(column, []):
                 cell[column].append(text)
     columns = ["acc_e", "acc_g", "acc_s", "most_lost", "no attack", *attacks]
-    heads = ["Acc_e", "Acc_g", "Acc_s (base) ×images each", "most lost", "no attack", *(f"{a} ASR" for a in attacks)]
+    heads = [
+        "Acc_e",
+        "Acc_g",
+        "Acc_s (base) ×images each",
+        "most lost",
+        "no attack",
+        *(f"{a} ASR" for a in attacks),
+    ]
     if any(r["attribute_acc"] is not None for r in runs):
         columns.insert(4, "colours")
         heads.insert(4, "colours (base)")
