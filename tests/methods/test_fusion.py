@@ -44,5 +44,5 @@ def test_fusion_refuses_what_it_cannot_fuse(tiny_pipes):
         config={},
         seed=0,
     )
-    with pytest.raises(ConfigError, match="not conditioned on the text"):
+    with pytest.raises(ConfigError, match="not a cross-attention key or value.*finetune_unet_rank=0"):
         ace_erasure.combine(pipe, [circle, text])

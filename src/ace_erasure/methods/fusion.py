@@ -58,7 +58,9 @@ def combine(
         if others:
             raise ConfigError(
                 f"erasure of {', '.join(c.name for c in erasure.concepts)} edits {others[0]}, "
-                "which is not conditioned on the text: it cannot be fused in closed form"
+                "which is not a cross-attention key or value: it cannot be fused in closed form "
+                "(erase the concepts together instead, or make each erasure without it, "
+                "e.g. --set finetune_unet_rank=0 for ACE stage 2)"
             )
     start = time.perf_counter()
     encode = PromptEncoder(pipe)
