@@ -92,6 +92,29 @@ def test_shape_colours_refuses_a_bad_command_line_before_erasing(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "/nonexistent/toyworld"], "does not exist"),
+        (["--repeats", "0"], "--images and --repeats must be >= 1"),
+    ],
+)
+def test_generation_speed_refuses_a_bad_command_line_before_loading(
+    arguments, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import generation_speed
+
+    out = tmp_path / "speed"
+    monkeypatch.setattr(sys, "argv", ["generation_speed.py", *arguments, "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        generation_speed.main()
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not list(tmp_path.iterdir())
+
+
 def test_ctrl_c_in_a_benchmark_is_one_line_and_exit_130(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from bench_common import interruptible
