@@ -143,3 +143,38 @@ def test_erase_with_concept_file_and_grid(monkeypatch, capsys, tiny_folder, tmp_
     assert "Prompts, left to right: “circle”" in card or "a photo of a circle" in card
     record = json.loads((out / "erasure.json").read_text())
     assert [c["name"] for c in record["concepts"]] == ["circle", "square"] and record["rank"] == 4
+
+
+def test_a_killed_training_erase_resumes_when_given_the_same_command(
+    monkeypatch, capsys, tiny_folder, tmp_path
+):
+    """A method that trains checkpoints beside --out by default: the same command after an
+    interruption continues to the bytes of an uninterrupted run, and a finished run leaves
+    neither the checkpoints nor their path behind."""
+    import ace_erasure.methods.esd as esd
+
+    options = ["--concept", "circle", "--method", "esd-x", "--set", "steps=4", "--set", "images=1"]
+    options += ["--set", "checkpoint_every=1"]
+    _erase(monkeypatch, capsys, tiny_folder, tmp_path / "whole", *options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole"]
+    record = json.loads((tmp_path / "whole" / "erasure.json").read_text())
+    assert record["config"]["checkpoint_dir"] is None
+    original, calls = esd.add_noise, {"n": 0}
+
+    def interrupted_at_the_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(esd, "add_noise", interrupted_at_the_third_step)
+    args = ["erase", "--model", str(tiny_folder), "--out", str(tmp_path / "e"), "--no-grid"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, *options)
+    assert code == 130 and err == "error: interrupted (nothing was written)\n"
+    assert (tmp_path / ".e.checkpoints").is_dir() and not (tmp_path / "e").exists()
+    monkeypatch.setattr(esd, "add_noise", original)
+    code, _, err = run_cli(monkeypatch, capsys, *args, *options)
+    assert code == 0 and f"resuming from {tmp_path / '.e.checkpoints'}" in err, err
+    lora = "pytorch_lora_weights.safetensors"
+    assert (tmp_path / "e" / lora).read_bytes() == (tmp_path / "whole" / lora).read_bytes()
+    assert not (tmp_path / ".e.checkpoints").exists()

@@ -11,10 +11,12 @@ command leaves the previous state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -394,6 +396,13 @@ def erase(
         options = build_config(chosen, file=config, overrides=overrides)
     except ConfigError as error:  # the method and its options are command-line input
         raise UsageError(str(error)) from error
+    # a method that trains checkpoints next to --out unless told where: a killed run given
+    # the same command again continues where it stopped
+    checkpoints = _resume_folder(out) if _checkpoints_unset(options) else None
+    if checkpoints is not None:
+        options = dataclasses.replace(options, checkpoint_dir=str(checkpoints))
+        if checkpoints.exists():
+            console.print(f"resuming from {checkpoints}", markup=False)
     items: list = list(load_concepts(concepts)) if concepts is not None else []
     pipe = load_pipeline(model, device=device, dtype=dtype)
     world = world_for(pipe)
@@ -420,12 +429,27 @@ def erase(
         image_grid, prompts = _before_after_grid(pipe, result, seed, bars) if grid else (None, [])
     from ace_erasure.erasure import model_card
 
+    if checkpoints is not None:
+        result.config["checkpoint_dir"] = None  # where this run kept them, removed below
     card = model_card(result, has_grid=image_grid is not None, grid_prompts=prompts)
     result.save(out, grid=image_grid, card=card, overwrite=overwrite)
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     names = ", ".join(c.name for c in result.concepts)
     console.print(
         f"erased {names} in {seconds:.2f} s (rank {result.rank}); wrote {out}", markup=False
     )
+
+
+def _resume_folder(out: Path) -> Path:
+    """Where ``erase --out OUT`` keeps a training method's checkpoints: ``.OUT.checkpoints``
+    beside it, removed once OUT is written."""
+    return out.parent / f".{out.name}.checkpoints"
+
+
+def _checkpoints_unset(options: Any) -> bool:
+    """Does the method train (it has a checkpoint folder option), with no folder given?"""
+    return dataclasses.is_dataclass(options) and getattr(options, "checkpoint_dir", 0) is None
 
 
 def _before_after_grid(pipe, result, seed: int, bars: Bars):

@@ -44,5 +44,6 @@ def test_fusion_refuses_what_it_cannot_fuse(tiny_pipes):
         config={},
         seed=0,
     )
-    with pytest.raises(ConfigError, match="not a cross-attention key or value.*finetune_unet_rank=0"):
+    refused = r"not a cross-attention key or value.*finetune_unet_rank=0"
+    with pytest.raises(ConfigError, match=refused):
         ace_erasure.combine(pipe, [circle, text])

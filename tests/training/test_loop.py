@@ -54,7 +54,7 @@ def test_resuming_another_run_is_refused(tmp_path):
     Trainer(
         {"w": weight}, steps=2, lr=0.1, seed=3, checkpoint_dir=tmp_path, checkpoint_every=1
     ).run(step)
-    with pytest.raises(ConfigError, match="another seed or config"):
+    with pytest.raises(ConfigError, match="holds another run"):
         Trainer({"w": weight}, steps=4, lr=0.1, seed=4, checkpoint_dir=tmp_path).run(step)
 
 

@@ -295,7 +295,7 @@ def train_advunlearn(
                 checkpoint_every=config.checkpoint_every,
                 stage=stage,
                 progress=progress,
-                config=run_record(stage, concepts, config),
+                config=run_record(stage, pipe, concepts, config),
                 extra_state=lambda: {f"prefix.{k}": v for k, v in adversary.state().items()},
                 load_extra_state=lambda state: adversary.load_state(
                     {k[len("prefix.") :]: v for k, v in state.items() if k.startswith("prefix.")}

@@ -61,7 +61,7 @@ from ace_erasure.erasure import Erasure, ModuleEdit, StageRecord
 from ace_erasure.methods.ace.finetune import _Conditionings, draw_latents
 from ace_erasure.methods.base import Progress, check_fields, require
 from ace_erasure.models.conditioning import Conditioning, predict_noise
-from ace_erasure.models.plumbing import cross_attention_layers
+from ace_erasure.models.plumbing import cross_attention_layers, fingerprint
 from ace_erasure.prompts import PromptWorld, spread
 from ace_erasure.training import lora
 from ace_erasure.training.diffusion import add_noise
@@ -222,11 +222,12 @@ def pick(n: int, k: int, generator: torch.Generator) -> list[int]:
     return [int(i) for i in torch.randint(n, (k,), generator=generator)]
 
 
-def run_record(name: str, concepts: Sequence[Concept], config) -> dict:
-    """What a checkpoint must match to be resumed: method, concepts and config (less the
-    checkpoint folder)."""
+def run_record(name: str, pipe, concepts: Sequence[Concept], config) -> dict:
+    """What a checkpoint must match to be resumed: method, base model (its fingerprint),
+    concepts and config (less the checkpoint folder)."""
     options = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_dir"}
     record = {"method": name, "concepts": [c.to_dict() for c in concepts], "config": options}
+    record["base_model"] = fingerprint(pipe)
     return {name: json.dumps(record, sort_keys=True)}
 
 
@@ -288,7 +289,7 @@ def train_esd(
                 checkpoint_every=config.checkpoint_every,
                 stage=stage,
                 progress=progress,
-                config=run_record(stage, concepts, config),
+                config=run_record(stage, pipe, concepts, config),
             )
             state = trainer.run(loss_step)
             edits = adapter.edits()

@@ -97,8 +97,8 @@ class Trainer:
         tensors, meta = self.checkpoint.load()
         if meta.get("seed") != self.seed or meta.get("config") != self.config:
             raise ConfigError(
-                f"{self.checkpoint.meta_path} holds a run with another seed or config; "
-                "remove it or use another folder"
+                f"{self.checkpoint.meta_path} holds another run (its seed, concepts, base "
+                "model or config differ); remove it or use another folder"
             )
         with torch.no_grad():
             for name, param in zip(self.names, self.params):

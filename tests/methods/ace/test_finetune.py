@@ -136,6 +136,12 @@ def test_a_killed_stage_two_resumes_to_the_same_bytes(
     assert all(torch.equal(resumed.delta(k), whole.delta(k)) for k in whole.edits)
     damage = whole.stages[2].stats["preserve_damage"]
     assert resumed.stages[2].stats["preserve_damage"] == damage and len(damage) >= 2
+    # the folder holds circle's run: another concept with the same config does not continue it
+    with pytest.raises(ConfigError, match="holds another run"):
+        star = Concept("star", preserve=("circle", "square"))
+        erase(
+            pipe, [star], config=AceConfig(**options, checkpoint_dir=checkpoints), world=fast_world
+        )
 
 
 def test_preserve_images_go_where_the_edit_does_damage():

@@ -527,7 +527,7 @@ def finetune(
             grad_clip=1.0,
             stage="stage 2",
             progress=progress,
-            config={"ace_stage2": json.dumps(_config_record(config), sort_keys=True)},
+            config={"ace_stage2": _run_record(pipe, concepts, config)},
             extra_state=extra_state,
             load_extra_state=load_extra_state,
         )
@@ -577,8 +577,16 @@ def _rows(cond: Conditioning, start: int, stop: int) -> Conditioning:
     )
 
 
-def _config_record(config: AceConfig) -> dict:
-    """The fields of ``config`` that determine stage 2 (a resumed run must match them)."""
+def _run_record(pipe, concepts: Sequence[Concept], config: AceConfig) -> str:
+    """What a checkpoint must match to be resumed: the concepts, the base model (its
+    fingerprint) and the config less the checkpoint folder, so that a folder left by another
+    run is never continued."""
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(config).items() if k not in ("checkpoint_dir",)}
+    options = {k: v for k, v in asdict(config).items() if k != "checkpoint_dir"}
+    record = {
+        "concepts": [c.to_dict() for c in concepts],
+        "base_model": fingerprint(pipe),
+        "config": options,
+    }
+    return json.dumps(record, sort_keys=True)
