@@ -238,8 +238,9 @@ def by_seed(
     lines += [
         "",
         f"Each cell: {' ‖ '.join(models)}; where two folders measured a number differently, "
-        f"each value, separated by ;. Worst: the highest ASR of {', '.join(worst) or 'none'}. "
-        "Colours: the asked colour read in the concept's own images. A set of several "
+        "each value, separated by ;. "
+        + (f"Worst: the highest ASR of {', '.join(worst)}. " if worst else "")
+        + "Colours: the asked colour read in the concept's own images. A set of several "
         "concepts erased at once: Acc_e and Acc_g the highest over them, the colours their mean, ASR "
         "pooled over all their pairs (no Acc_s: the other concepts are erased too). "
         f"Attack pairs per cell: {n_pairs}; mode: {', '.join(modes)}. "
