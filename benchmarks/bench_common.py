@@ -54,6 +54,15 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def write_results(out: Path, result: dict, table: str) -> None:
+    """A benchmark's ``OUT.json`` (every number) and ``OUT.md`` (its table) beside ``out``,
+    each written whole through a temporary file; the table is printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.parent / f"{out.name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.parent / f"{out.name}.md", table)
+    print(table)
+
+
 def interruptible(entry: Callable[[], None]) -> None:
     """Run a benchmark's ``entry``; Ctrl-C is one line and exit code 130, SIGTERM (``kill``, a
     job scheduler) one line and 143 (results are written whole or not at all, finished folders
@@ -330,11 +339,7 @@ def main(description: str, default_variants: list[str], default_out: Path) -> No
         "attack_options": args.attack_options,
         "variants": args.variants,
     }
-    atomic_write_text(
-        args.out.parent / f"{args.out.name}.json", json.dumps(summary, indent=2) + "\n"
-    )
     table = markdown(rows, args.attacks)
     if args.attack_set:
         table += f"\nAttack settings changed from their defaults: {' '.join(args.attack_set)}.\n"
-    atomic_write_text(args.out.parent / f"{args.out.name}.md", table)
-    print(table)
+    write_results(args.out, summary, table)

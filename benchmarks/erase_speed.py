@@ -31,7 +31,7 @@ import ace_erasure
 from ace_erasure import AceConfig, erase
 from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
-from ace_erasure.training.checkpoint import atomic_write_text
+from bench_common import write_results
 
 # 100 everyday object names (erased together in the 100-concept run)
 OBJECTS = [
@@ -262,11 +262,8 @@ def main() -> None:
                 "100": time_erase(pipe, OBJECTS[:100], method, cfg, max(1, args.repeats // 3)),
             }
     results["peak_rss_mb"] = peak_rss_mb()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     table = markdown(results, parse_overrides(args.set) if args.set else None)
-    atomic_write_text(args.out.with_suffix(".md"), table)
-    print(table)
+    write_results(args.out, results, table)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from ace_erasure.toyworld.suites import multi_shape_suite
 from ace_erasure.toyworld.vocab import vocabulary
 from ace_erasure.toyworld.world import ToyWorld
 from ace_erasure.training.checkpoint import atomic_write_text
+from bench_common import write_results
 
 FAMILIES = ("shapes", "styles", "characters", "hazard")
 
@@ -288,11 +289,7 @@ def main() -> None:
         return
     result = run(args, configs[0])
     result["summary"] = summary_by_family(result["rows"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    atomic_write_text(args.out.with_suffix(".md"), table)
-    print(table)
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ the median's difference from the unedited model.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 import ace_erasure
 from ace_erasure.methods.ace import AceConfig
 from ace_erasure.toyworld.assets import bundled_dir, manifest
-from ace_erasure.training.checkpoint import atomic_write_text
+from bench_common import write_results
 
 PROMPTS = ["a picture of a red circle", "a picture of a blue star in Varela style"]
 # stage 2's default modules and ranks, a handful of steps: generation time depends on the
@@ -132,11 +131,7 @@ def main() -> None:
             for name, (erasure, _) in ways.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    atomic_write_text(args.out.with_suffix(".md"), table)
-    print(table)
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

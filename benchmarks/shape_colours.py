@@ -25,8 +25,7 @@ from ace_erasure.errors import AceError
 from ace_erasure.toyworld.assets import manifest
 from ace_erasure.toyworld.vocab import vocabulary
 from ace_erasure.toyworld.world import ToyWorld
-from ace_erasure.training.checkpoint import atomic_write_text
-from bench_common import interruptible, model_folder
+from bench_common import interruptible, model_folder, write_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -106,9 +105,7 @@ def main() -> None:
             f"{row['erased']['accuracy']:.3f} | {row['erased']['n']} | {wrong} | "
             f"{row['erase_seconds']:.0f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_results(args.out, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ false positives on every other prompt. Also times one 20-step image at batch siz
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from ace_erasure.models.loading import generate
 from ace_erasure.toyworld.assets import bundled_dir, load_judge, load_pipeline, manifest
 from ace_erasure.toyworld.suites import quality_probes
 from ace_erasure.toyworld.vocab import vocabulary
-from ace_erasure.training.checkpoint import atomic_write_text
+from bench_common import write_results
 
 ORDER = [
     "shapes",
@@ -173,11 +172,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     result = run(args.model, args.n, args.steps, args.guidance, args.seed, args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    atomic_write_text(args.out.with_suffix(".md"), table)
-    print(table)
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":
