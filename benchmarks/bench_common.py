@@ -162,6 +162,16 @@ def most_lost(row: dict) -> str:
     return f"{concept} {lost}" + (f"/{of}" if of else "")
 
 
+def images_per_other(metrics: dict, settings: dict) -> str | None:
+    """The images each other concept's Acc_s rests on: "16", or "8–16" where they differ
+    (a style's suite has fewer of each shape than of each other style)."""
+    counts = sorted(set((metrics.get("others_images") or {}).values()))
+    if not counts:
+        setting = settings.get("images_per_other")
+        return None if setting is None else str(setting)
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
 def rows_from(out: Path) -> list[dict]:
     rows = []
     for results_file in sorted(out.glob("*/*/results.json")):
@@ -187,10 +197,9 @@ def rows_from(out: Path) -> list[dict]:
                     "attribute_acc_base": m.get("attribute_acc_base"),
                     "others_lost": others_lost(m),
                     "others_images": m.get("others_images", {}),
-                    # images per other concept behind Acc_s (older files: the setting)
-                    "images_per_other": min(m["others_images"].values())
-                    if m.get("others_images")
-                    else results.get("settings", {}).get("images_per_other"),
+                    # images per other concept behind Acc_s, fewest and most (older files:
+                    # the setting)
+                    "images_per_other": images_per_other(m, results.get("settings", {})),
                     "attacks": {
                         name: {
                             k: a.get(k)

@@ -127,7 +127,7 @@ def pooled(rows: list[dict]) -> dict:
 
 def acc_s_text(row: dict) -> str:
     """Acc_s with the unedited model's value and, where recorded, the images per other
-    concept it rests on: "0.98 (1.00) ×16"."""
+    concept it rests on: "0.98 (1.00) ×16" (×8–16: from 8 to 16 images per concept)."""
     if row["acc_s"] is None:
         return "–"
     of = f" ×{row['images_per_other']}" if row.get("images_per_other") else ""

@@ -287,7 +287,7 @@ def test_compare_table_by_seed_merges_folders_and_puts_the_models_side_by_side(
     rows = _by_seed_rows(by_seed(folders, ["Mira Kestrel"], rename={"ace (64)": "ace"}))
     assert list(rows) == ["ace"]
     # Acc_e, Acc_g, Acc_s (base), most lost, no attack, soft, random, ti, worst
-    assert rows["ace"][2] == "1.00 (1.00) ×4 ‖ 1.00 (1.00) ×4"  # the fewest images per concept
+    assert rows["ace"][2] == "1.00 (1.00) ×4–16 ‖ 1.00 (1.00) ×4–16"  # images per concept
     assert rows["ace"][5:] == ["0.12 ‖ 0.50", "0.75 ‖ 0.75", "0.25 ‖ 0.00", "0.25 ‖ 0.50"]
     # without the rename the two labels stay two rows; a method filter keeps one
     assert list(_by_seed_rows(by_seed(folders, ["Mira-Kestrel"]))) == ["ace (64)", "ace"]
