@@ -172,6 +172,32 @@ def images_per_other(metrics: dict, settings: dict) -> str | None:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
+def family_accuracy(concept: str, metrics: dict) -> dict | None:
+    """Acc_s over the other concepts of ``concept``'s own ToyWorld family only (a style's
+    suite also draws the shapes, 8 images each; #10's 3-point target is the family's), with
+    the unedited model's value and the images it rests on. None where the suite has no other
+    member of the family or only the family (then it is Acc_s), or the file lacks the counts."""
+    from ace_erasure.toyworld.vocab import vocabulary
+
+    images = metrics.get("others_images") or {}
+    if not images or "others_wrong" not in metrics:
+        return None
+    family = vocabulary().family_of
+    own = [c for c in images if family(c) == family(concept)]
+    if not own or len(own) == len(images):
+        return None
+    n = sum(images[c] for c in own)
+
+    def accuracy(wrong: dict) -> float:
+        return 1 - sum(v for k, v in wrong.items() if k.split(" -> ")[0] in own) / n
+
+    return {
+        "acc": accuracy(metrics["others_wrong"]),
+        "base": accuracy(metrics["others_wrong_base"]),
+        "images": n,
+    }
+
+
 def rows_from(out: Path) -> list[dict]:
     rows = []
     for results_file in sorted(out.glob("*/*/results.json")):
@@ -200,6 +226,7 @@ def rows_from(out: Path) -> list[dict]:
                     # images per other concept behind Acc_s, fewest and most (older files:
                     # the setting)
                     "images_per_other": images_per_other(m, results.get("settings", {})),
+                    "acc_s_family": family_accuracy(result["concept"], m),
                     "attacks": {
                         name: {
                             k: a.get(k)

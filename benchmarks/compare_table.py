@@ -109,6 +109,7 @@ def pooled(rows: list[dict]) -> dict:
     out["acc_s"] = first["acc_s"] if len(rows) == 1 else None
     out["acc_s_base"] = first["acc_s_base"]
     out["images_per_other"] = first.get("images_per_other")
+    out["acc_s_family"] = first.get("acc_s_family") if len(rows) == 1 else None
     out["most_lost"] = most_lost(first) if len(rows) == 1 else "–"
     for key in ("attribute_acc", "attribute_acc_base"):
         values = [r.get(key) for r in rows]
@@ -132,6 +133,13 @@ def acc_s_text(row: dict) -> str:
         return "–"
     of = f" ×{row['images_per_other']}" if row.get("images_per_other") else ""
     return f"{fmt(row['acc_s'])} ({fmt(row['acc_s_base'])}){of}"
+
+
+def family_text(family: dict | None) -> str:
+    """The family's Acc_s: "0.89 (0.93) of 80" (images of the family's other concepts)."""
+    if family is None:
+        return "–"
+    return f"{fmt(family['acc'])} ({fmt(family['base'])}) of {family['images']}"
 
 
 def _order(seen: list[str], asked: list[str]) -> dict[str, int]:
@@ -189,6 +197,7 @@ def by_seed(
             ("acc_e", fmt(r["acc_e"])),
             ("acc_g", fmt(r["acc_g"])),
             ("acc_s", acc_s_text(r)),
+            ("acc_s_family", family_text(r["acc_s_family"])),
             ("most_lost", r["most_lost"]),
         ]
         if r["attribute_acc"] is not None:
@@ -213,6 +222,9 @@ def by_seed(
     if any(r["attribute_acc"] is not None for r in runs):
         columns.insert(4, "colours")
         heads.insert(4, "colours (base)")
+    if any(r.get("acc_s_family") for r in runs):
+        columns.insert(3, "acc_s_family")
+        heads.insert(3, "family Acc_s (base)")
     lines = [
         "| set | method | " + " | ".join(heads) + (" | worst |" if worst else " |"),
         "|---" * (2 + len(heads) + bool(worst)) + "|",

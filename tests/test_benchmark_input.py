@@ -339,6 +339,27 @@ def test_compare_table_by_seed_pools_a_set_of_concepts_and_shows_disagreeing_run
     assert "| all-shapes | seed0 | 1.00 / 0.00 (0.00) |" in text.split("Sanity controls")[1]
 
 
+def test_the_family_accuracy_counts_the_concepts_own_family_only(monkeypatch):
+    """A style's suite draws the other styles (16 images each) and the shapes (8 each): #10's
+    specificity target is on the styles."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_common import family_accuracy
+
+    metrics = {"others_images": {"Varela": 16, "Okonkwo": 16, "hexagon": 8}}
+    metrics |= {"others_wrong": {"Varela -> none": 2, "hexagon -> circle": 5}}
+    metrics |= {"others_wrong_base": {"Varela -> none": 1}}
+    assert family_accuracy("Lindqvist", metrics) == {
+        "acc": 1 - 2 / 32,
+        "base": 1 - 1 / 32,
+        "images": 32,
+    }
+    assert family_accuracy("circle", metrics) == {"acc": 1 - 5 / 8, "base": 1.0, "images": 8}
+    assert family_accuracy("hazard", metrics) is None  # no other member of its family
+    only_styles = metrics | {"others_images": {"Varela": 16, "Okonkwo": 16}}
+    assert family_accuracy("Lindqvist", only_styles) is None  # then it is Acc_s itself
+    assert family_accuracy("Lindqvist", {"acc_s": 1.0}) is None  # an old file
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
