@@ -34,7 +34,7 @@ import torch
 import ace_erasure
 from ace_erasure.attacks import attack_config, parse_attack_settings
 from ace_erasure.evaluation.evaluate import DEFAULT_ATTACKS, EvaluateSettings, evaluate
-from ace_erasure.evaluation.metrics import lost_from_mistakes
+from ace_erasure.evaluation.metrics import lost_from_mistakes, wrong_per_concept
 from ace_erasure.methods import build_config
 from ace_erasure.methods.base import parse_overrides
 from ace_erasure.toyworld.assets import bundled_dir, manifest
@@ -188,8 +188,9 @@ def family_accuracy(concept: str, metrics: dict) -> dict | None:
         return None
     n = sum(images[c] for c in own)
 
-    def accuracy(wrong: dict) -> float:
-        return 1 - sum(v for k, v in wrong.items() if k.split(" -> ")[0] in own) / n
+    def accuracy(counts: dict) -> float:
+        wrong = wrong_per_concept(counts)
+        return 1 - sum(wrong.get(c, 0) for c in own) / n
 
     return {
         "acc": accuracy(metrics["others_wrong"]),

@@ -63,13 +63,20 @@ def images_lost(base: Sequence[dict], erased: Sequence[dict]) -> dict[str, int]:
     return lost_from_mistakes(mistakes(erased), mistakes(base))
 
 
+def wrong_per_concept(counts: dict[str, int]) -> dict[str, int]:
+    """Per concept, its wrong answers in :func:`mistakes` counts ("concept -> label": n), in
+    the order the concepts first appear."""
+    per: dict[str, int] = defaultdict(int)
+    for mistake, count in counts.items():
+        per[mistake.split(" -> ")[0]] += count
+    return dict(per)
+
+
 def lost_from_mistakes(wrong: dict[str, int], wrong_base: dict[str, int]) -> dict[str, int]:
     """:func:`images_lost` from two :func:`mistakes` counts ("concept -> label": n), as result
     files record them (``others_wrong`` and ``others_wrong_base``)."""
-    lost: dict[str, int] = defaultdict(int)
-    for sign, counts in ((1, wrong), (-1, wrong_base)):
-        for mistake, count in counts.items():
-            lost[mistake.split(" -> ")[0]] += sign * count
+    erased, base = wrong_per_concept(wrong), wrong_per_concept(wrong_base)
+    lost = {c: erased.get(c, 0) - base.get(c, 0) for c in dict.fromkeys([*erased, *base])}
     return {k: v for k, v in sorted(lost.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
