@@ -17,8 +17,9 @@ folders=(
   stage2_every_concept
   # all ten shapes at once: soft and random; hard
   stage2_all_shapes64 compare_all_shapes_hard
-  # stage 1, measured the same way after the noising fix: circle and heart
-  compare_noise_fix compare_noise_fix_hard
+  # stage 1, measured the same way after the noising fix: circle and heart; soft, random and
+  # the conditioning bound on the families (stop 29)
+  compare_noise_fix compare_noise_fix_hard stage1_families
 )
 shapes=(circle heart square triangle star cross diamond hexagon crescent arrow)
 styles=(Varela Okonkwo Lindqvist Moreau Castellanos Hoshino)
